@@ -1,0 +1,241 @@
+"""The Tractor: images + catalog, model images, likelihood, and linearized fitting.
+
+Every model pixel comes from the one render core (``tractor_prob.scene`` /
+``tractor_prob.render``); derivatives are JAX autodiff of it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .fit import build_pairs, get_fitter
+from .image import Image, Images
+from .params import MultiParams
+from .patch import Patch
+from .scene import compile_tractor, get_compiled
+from .source import Catalog
+
+__all__ = ["Tractor"]
+
+
+class Tractor(MultiParams):
+    """``Tractor(images, catalog)``: the parameters of both, and what they predict.
+
+    Parameter names are ``image<i>.<...>`` and ``source<j>.<...>``; freeze all
+    image calibrations with ``tractor.freezeParam('images')`` (or ``'catalog'``).
+    """
+
+    @staticmethod
+    def getNamedParams():
+        return dict(images=0, catalog=1)
+
+    def __init__(self, images=(), catalog=(), optimizer=None):
+        if not isinstance(images, Images):
+            images = Images(*images)
+        if not isinstance(catalog, Catalog):
+            catalog = Catalog(*catalog)
+        for i, im in enumerate(images.subs):
+            if not isinstance(im, Image):
+                raise TypeError(f"image {i} is a {type(im).__name__}, not an Image")
+        super().__init__(images, catalog)
+        self.optimizer = optimizer
+
+    def __str__(self):
+        return (f"Tractor with {len(self.images.subs)} images, {len(self.catalog.subs)} sources, "
+                f"{self.numberOfParams()} thawed parameters")
+
+    # names: drop the 'images.' / 'catalog.' level (source0.pos.x, image0.sky.sky)
+    def _names(self, thawed_only):
+        out = []
+        for i, s in enumerate(self.subs):
+            if thawed_only and not self._thawed[i]:
+                continue
+            out.extend(s.getParamNames() if thawed_only else s.getAllParamNames())
+        return out
+
+    # --- accessors ---
+    def getImages(self):
+        return self.images
+
+    def getImage(self, i):
+        return self.images.subs[i]
+
+    def getNImages(self) -> int:
+        return len(self.images.subs)
+
+    def getCatalog(self):
+        return self.catalog
+
+    def setCatalog(self, catalog):
+        self.catalog = catalog if isinstance(catalog, Catalog) else Catalog(*catalog)
+
+    def setImages(self, images):
+        self.images = images if isinstance(images, Images) else Images(*images)
+
+    def addSource(self, src):
+        self.catalog.append(src)
+
+    def addSources(self, srcs):
+        self.catalog.extend(srcs)
+
+    def removeSource(self, src):
+        self.catalog.remove(src)
+
+    def _image_index(self, img) -> int:
+        if isinstance(img, (int, np.integer)):
+            if not 0 <= img < len(self.images.subs):
+                raise IndexError(f"image index {img} out of range ({len(self.images.subs)} images)")
+            return int(img)
+        for i, im in enumerate(self.images.subs):
+            if im is img:
+                return i
+        raise ValueError("that Image is not one of this Tractor's images")
+
+    # --- compile ---
+    def _compile(self):
+        plan, theta, thawed, priors = compile_tractor(self)
+        return get_compiled(plan), theta, thawed, priors
+
+    def _pixels(self):
+        arrs = [im._device_arrays() for im in self.images.subs]
+        return tuple(a[0] for a in arrs), tuple(a[1] for a in arrs)
+
+    # --- models and likelihood ---
+    def getModelImage(self, img, srcs=None, sky=True):
+        """Model image (H, W) in counts for image ``img`` (index or Image).
+
+        ``srcs``: render only these sources (default all); ``sky``: include the sky.
+        """
+        i = self._image_index(img)
+        comp, theta, _, _ = self._compile()
+        src_on = np.ones(len(self.catalog.subs))
+        if srcs is not None:
+            chosen = {id(s) for s in srcs}
+            src_on = np.array([1.0 if id(s) in chosen else 0.0 for s in self.catalog.subs])
+        return np.asarray(comp.render(theta, src_on, bool(sky))[i])
+
+    def getModelImages(self):
+        comp, theta, _, _ = self._compile()
+        return [np.asarray(m) for m in comp.render(theta, np.ones(len(self.catalog.subs)), True)]
+
+    def getChiImages(self):
+        """(data - model) * sqrt(invvar) per image; masked pixels are 0."""
+        comp, theta, _, _ = self._compile()
+        return [np.asarray(c) for c in comp.chis(theta, *self._pixels())]
+
+    def getChiImage(self, img):
+        return self.getChiImages()[self._image_index(img)]
+
+    def getLogLikelihood(self) -> float:
+        """-chi^2 / 2 summed over unmasked pixels of all images."""
+        comp, theta, _, _ = self._compile()
+        return float(comp.loglik(theta, *self._pixels()))
+
+    def getLogProb(self) -> float:
+        """Log likelihood + log prior (Gaussian priors on thawed parameters)."""
+        return self.getLogLikelihood() + self.getLogPrior()
+
+    # --- derivatives ---
+    def getDerivs(self):
+        """Model derivatives per thawed parameter: a list (one per parameter) of
+        lists of ``(Patch, Image)`` (one per image), from autodiff of the render core."""
+        comp, theta, thawed, _ = self._compile()
+        fitter = get_fitter(comp, thawed)
+        per_image = fitter.derivs(theta)
+        names = self.getParamNames()
+        out = [[] for _ in range(fitter.nt)]
+        plan = comp.plan
+        for i, (groups, Jc) in enumerate(per_image):
+            img = self.images.subs[i]
+            H, W = img.shape
+            if Jc is not None:
+                Jc = np.asarray(Jc)
+                for c, t in enumerate(fitter.t_of[fitter.cal[i]]):
+                    out[t].append((Patch(0, 0, Jc[:, :, c], f"d(image)/d({names[t]})"), img))
+            for g, sj in enumerate(groups):
+                if sj is None:
+                    continue
+                J, ox, oy = (np.asarray(a) for a in sj)
+                gp = plan.groups[g]
+                label = gp.spec.cls.deriv_label
+                for n, j in enumerate(gp.members):
+                    for k, t in enumerate(fitter.group_cols[g][n]):
+                        if t >= fitter.nt:
+                            continue
+                        local = names[t].split(".", 1)[1]
+                        out[t].append((_clipped_patch(J[n, :, :, k], ox[n], oy[n], H, W,
+                                                      f"d({label})/d({local})"), img))
+        return out
+
+    # --- fitting ---
+    def _fit_inputs(self):
+        comp, theta, thawed, priors = self._compile()
+        fitter = get_fitter(comp, thawed)
+        origins = comp.origins(theta)
+        origins = jax_to_numpy(origins)
+        self._check_on_images(comp.plan, origins, fitter.source_free)
+        pairs = build_pairs(comp.plan, origins, fitter.source_free)
+        pri = fitter.prior_arrays(priors, thawed)
+        return fitter, theta, pairs, pri
+
+    def _check_on_images(self, plan, origins, free):
+        on = np.zeros(plan.n_src, bool)
+        for i, ip in enumerate(plan.images):
+            H, W = ip.shape
+            for g, gp in enumerate(plan.groups):
+                _, _, cx, cy = origins[i][g]
+                r = ip.radii[g]
+                inside = (cx > -r) & (cx < W - 1 + r) & (cy > -r) & (cy < H - 1 + r)
+                on[np.asarray(gp.members)] |= inside
+        bad = np.flatnonzero(free & ~on)
+        if len(bad):
+            j = int(bad[0])
+            raise ValueError(
+                f"source{j} ({self.catalog.subs[j]}) is off every image: its parameters "
+                f"cannot be fitted ({len(bad)} such source(s)); remove or freeze them"
+            )
+
+    def optimize(self, alphas=None, damp=0, priors=True, **kwargs):
+        """One linearized least-squares step on the thawed parameters, with a line search.
+
+        Returns ``(dlnp, X, alpha)``: the improvement in log-probability, the
+        full step X (one entry per thawed parameter) and the fraction alpha of
+        it that was taken (0 and no change if no fraction improved).
+        """
+        if self.numberOfParams() == 0:
+            return 0.0, np.zeros(0), 0.0
+        fitter, theta, pairs, pri = self._fit_inputs()
+        data, weights = self._pixels()
+        theta_new, dlnp, X, alpha, _ = fitter.step(theta, data, weights, pairs, pri)
+        alpha = float(alpha)
+        if alpha > 0:
+            self.setAllParams(np.asarray(theta_new).tolist())
+        return float(dlnp), np.asarray(X), alpha
+
+    def optimize_loop(self, dchisq=1e-3, steps=50, **kwargs):
+        """Call optimize() until dlnp < dchisq (or ``steps`` times).
+
+        Returns a dict: ``steps`` taken, ``dlnp`` total improvement, ``converged``.
+        """
+        total = 0.0
+        for step in range(1, steps + 1):
+            dlnp, X, alpha = self.optimize(**kwargs)
+            total += dlnp
+            if dlnp < dchisq:
+                return dict(steps=step, dlnp=total, converged=True)
+        return dict(steps=steps, dlnp=total, converged=False)
+
+
+def _clipped_patch(arr, ox, oy, H, W, name):
+    h, w = arr.shape
+    x0, y0 = max(int(ox), 0), max(int(oy), 0)
+    x1, y1 = min(int(ox) + w, W), min(int(oy) + h, H)
+    if x1 <= x0 or y1 <= y0:
+        return Patch(x0, y0, np.zeros((0, 0)), name)
+    return Patch(x0, y0, arr[y0 - oy : y1 - oy, x0 - ox : x1 - ox], name)
+
+
+def jax_to_numpy(tree):
+    import jax
+
+    return jax.tree_util.tree_map(np.asarray, tree)

@@ -1,0 +1,113 @@
+"""Sources: what the sky holds.  Each source renders through the one render core.
+
+A source class supplies two pure functions of its flat parameter vector (class
+methods, dispatched from its :class:`~tractor_prob.params.Spec`):
+
+- ``_jax_mog(spec, vals, ctx)`` -> (amps (K,), means (K, 2), covs (K, 2, 2)):
+  the source in pixel space *before* the PSF, as a mixture of Gaussians
+  (zero covariance = a point);
+- ``_jax_center(spec, vals, ctx)`` -> (x, y) pixel where its stamp is centred;
+
+and one Python method, ``_stamp_radius(image)`` (pixels, from current values).
+``ctx`` (:class:`tractor_prob.scene.ImageContext`) converts positions and
+brightnesses with the image's calibrations.  A user-defined source (e.g. a
+lensed quasar made of sub-sources) implements the same three and gets model
+images, derivatives, fitting and sampling without derivative code.
+"""
+
+from __future__ import annotations
+
+
+import jax.numpy as jnp
+
+from .params import MultiParams
+
+__all__ = ["Source", "PointSource", "Catalog"]
+
+
+class Source(MultiParams):
+    """Base class of sources (a MultiParams with a rendering protocol)."""
+
+    #: short label used in derivative patch names: d(<label>)/d(<param>)
+    deriv_label = "src"
+
+    def getSourceType(self) -> str:
+        return type(self).__name__
+
+    def _stamp_radius(self, image) -> float:
+        return image.psf.getRadius()
+
+    @staticmethod
+    def _jax_center(spec, vals, ctx):
+        raise NotImplementedError
+
+    @staticmethod
+    def _jax_mog(spec, vals, ctx):
+        raise NotImplementedError
+
+
+class PointSource(Source):
+    """A point source: ``PointSource(pos, brightness)``; its image is the PSF."""
+
+    deriv_label = "ptsrc"
+
+    @staticmethod
+    def getNamedParams():
+        return dict(pos=0, brightness=1)
+
+    def __init__(self, pos, brightness):
+        super().__init__(pos, brightness)
+
+    def __str__(self):
+        return f"{type(self).__name__} at {self.pos} with {self.brightness}"
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.pos!r}, {self.brightness!r})"
+
+    def getPosition(self):
+        return self.pos
+
+    def setPosition(self, pos):
+        self.pos = pos
+
+    def getBrightness(self):
+        return self.brightness
+
+    def setBrightness(self, brightness):
+        self.brightness = brightness
+
+    def getBrightnesses(self):
+        return [self.brightness]
+
+    @staticmethod
+    def _jax_center(spec, vals, ctx):
+        pos_spec, _ = spec.children
+        pv, _ = spec.split(vals)
+        return ctx.pixel(pos_spec, pv)
+
+    @staticmethod
+    def _jax_mog(spec, vals, ctx):
+        pos_spec, br_spec = spec.children
+        pv, bv = spec.split(vals)
+        x, y = ctx.pixel(pos_spec, pv)
+        counts = ctx.counts(br_spec, bv)
+        return (jnp.reshape(counts, (1,)), jnp.stack([x, y]).reshape(1, 2),
+                jnp.zeros((1, 2, 2), pv.dtype))
+
+
+class Catalog(MultiParams):
+    """The list of sources of a Tractor; parameters are named ``source<i>``."""
+
+    def __init__(self, *sources):
+        super().__init__(*sources)
+
+    def getNamedParamName(self, i):
+        return f"source{i}"
+
+    def __str__(self):
+        return f"Catalog: {len(self.subs)} sources, {self.numberOfParams()} parameters"
+
+    def getSources(self):
+        return list(self.subs)
+
+
