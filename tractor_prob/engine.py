@@ -112,11 +112,11 @@ class Tractor(MultiParams):
         if srcs is not None:
             chosen = {id(s) for s in srcs}
             src_on = np.array([1.0 if id(s) in chosen else 0.0 for s in self.catalog.subs])
-        return np.asarray(comp.render(theta, src_on, bool(sky))[i])
+        return np.asarray(comp.render(theta, src_on, 1.0 if sky else 0.0)[i])
 
     def getModelImages(self):
         comp, theta, _, _ = self._compile()
-        return [np.asarray(m) for m in comp.render(theta, np.ones(len(self.catalog.subs)), True)]
+        return [np.asarray(m) for m in comp.render(theta, np.ones(len(self.catalog.subs)), 1.0)]
 
     def getChiImages(self):
         """(data - model) * sqrt(invvar) per image; masked pixels are 0."""

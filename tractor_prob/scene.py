@@ -205,7 +205,8 @@ class Compiled:
         stamps = jax.vmap(mog.eval_stamp, (0, 0, 0, 0, 0, None))(A, M, C, ox, oy, S)
         return stamps, ox, oy
 
-    def model_image(self, i, theta, src_on=None, sky_on=True):
+    def model_image(self, i, theta, src_on=None, sky_on=1.0):
+        """Model image i (H, W); ``src_on`` (n_src,) and ``sky_on`` scale sources and sky."""
         ip = self.plan.images[i]
         model = jnp.zeros(ip.shape, theta.dtype)
         for g, gp in enumerate(self.plan.groups):
@@ -213,17 +214,11 @@ class Compiled:
             if src_on is not None:
                 stamps = stamps * src_on[np.asarray(gp.members)][:, None, None]
             model = mog.add_stamps(model, stamps, ox, oy, ip.pad)
-        if sky_on:
-            model = model + self.image_context(i, theta).sky()
-        return model
+        return model + sky_on * self.image_context(i, theta).sky()
 
     # --- jitted entry points ---
     def _render(self, theta, src_on, sky_on):
-        return tuple(
-            self.model_image(i, theta, src_on, True) if sky_on else
-            self.model_image(i, theta, src_on, False)
-            for i in range(len(self.plan.images))
-        )
+        return tuple(self.model_image(i, theta, src_on, sky_on) for i in range(len(self.plan.images)))
 
     def _chis(self, theta, data, weights):
         return tuple(
