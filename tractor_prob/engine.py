@@ -53,6 +53,41 @@ class Tractor(MultiParams):
             out.extend(s.getParamNames() if thawed_only else s.getAllParamNames())
         return out
 
+    def _route(self, name):
+        """(container, name) for a Tractor-level name: 'source3...' goes to the
+        catalog, 'image0...' to the images, 'images'/'catalog' stay here."""
+        if isinstance(name, str) and name not in ("images", "catalog"):
+            head = name.split(".", 1)[0]
+            if head.startswith("source"):
+                return self.catalog, name
+            if head.startswith("image"):
+                return self.images, name
+        return None, name
+
+    def _routed(method):
+        def f(self, name, *args):
+            target, name = self._route(name)
+            if target is None:
+                return getattr(MultiParams, method)(self, name, *args)
+            if "." in name and method != "addGaussianPrior":
+                head, rest = name.rsplit(".", 1)
+                obj = target
+                for part in head.split("."):
+                    obj = obj._getThing(obj._index(part))
+                return getattr(obj, method)(rest, *args)
+            return getattr(target, method)(name, *args)
+
+        f.__name__ = method
+        f.__doc__ = f"{method} by Tractor-level name ('images', 'catalog', 'source0', 'source0.pos', ...)."
+        return f
+
+    freezeParam = _routed("freezeParam")
+    thawParam = _routed("thawParam")
+    isParamFrozen = _routed("isParamFrozen")
+    isParamThawed = _routed("isParamThawed")
+    addGaussianPrior = _routed("addGaussianPrior")
+    del _routed
+
     # --- accessors ---
     def getImages(self):
         return self.images
@@ -202,9 +237,9 @@ class Tractor(MultiParams):
         full step X (one entry per thawed parameter) and the fraction alpha of
         it that was taken (0 and no change if no fraction improved).
         """
-        if self.numberOfParams() == 0:
-            return 0.0, np.zeros(0), 0.0
         fitter, theta, pairs, pri = self._fit_inputs()
+        if fitter.nt == 0:
+            return 0.0, np.zeros(0), 0.0
         data, weights = self._pixels()
         theta_new, dlnp, X, alpha, _ = fitter.step(theta, data, weights, pairs, pri)
         alpha = float(alpha)

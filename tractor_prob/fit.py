@@ -215,7 +215,7 @@ class Fitter:
                               jnp.clip(cols, 0, S2 - 1)[:, None, :]]
                 Jb_shift = jnp.where(ok[..., None], Jb_shift, 0.0)
                 B = jnp.einsum("pyxa,pyxb->pab", Ja, Jb_shift)
-                ca, cb = c1[p1], c2[p2]
+                ca, cb = jnp.asarray(c1)[p1], jnp.asarray(c2)[p2]
                 A = A.at[ca[:, :, None], cb[:, None, :]].add(B)
                 A = A.at[cb[:, :, None], ca[:, None, :]].add(jnp.swapaxes(B, 1, 2))
         return A
@@ -280,6 +280,6 @@ def solve_normal(A, g):
     As = A / (d[:, None] * d[None, :]) + 1e-10 * jnp.eye(A.shape[0], dtype=A.dtype)
     L = jnp.linalg.cholesky(As)
     y = jax.scipy.linalg.cho_solve((L, True), g / d)
-    ok = jnp.all(jnp.isfinite(y))
-    y = jnp.where(ok, y, jnp.linalg.lstsq(As, g / d)[0])
+    y = jax.lax.cond(jnp.all(jnp.isfinite(y)), lambda: y,
+                     lambda: jnp.linalg.lstsq(As, g / d)[0])
     return y / d

@@ -106,11 +106,10 @@ class Params:
         """Typical step sizes of the thawed parameters (their units)."""
         raise NotImplementedError
 
-    def _collect(self, values: list, thawed: list, path_thawed: bool) -> Spec:
+    def _collect(self, values: list, thawed: list, path_thawed: bool, priors=None) -> Spec:
+        """Append all values and thawed flags (and Gaussian prior rows (index, mu,
+        sigma) to ``priors`` if given); return the Spec."""
         raise NotImplementedError
-
-    def _collect_priors(self, offset: int, out: list) -> int:
-        return offset + self.numberOfAllParams()
 
     # --- built on the above -------------------------------------------------
     def numberOfParams(self) -> int:
@@ -217,15 +216,12 @@ class ScalarParam(Params):
         mu, sig = self._prior
         return -0.5 * ((self.val - mu) / sig) ** 2
 
-    def _collect(self, values, thawed, path_thawed):
+    def _collect(self, values, thawed, path_thawed, priors=None):
+        if priors is not None and self._prior is not None:
+            priors.append((len(values), *self._prior))
         values.append(self.val)
         thawed.append(path_thawed)
         return Spec(type(self), self._static(), 1)
-
-    def _collect_priors(self, offset, out):
-        if self._prior is not None:
-            out.append((offset, *self._prior))
-        return offset + 1
 
     def _static(self):
         return None
@@ -372,7 +368,7 @@ class NamedParams(Params):
         for s in self._subParams():
             s.freezeParamsRecursive(*names)
         for i in range(len(self._thawed)):
-            if "*" in names or self._index_to_name.get(i) in names:
+            if "*" in names or self._entryNames(i) & set(names):
                 self._thawed[i] = False
 
     def thawParamsRecursive(self, *names) -> None:
@@ -380,7 +376,7 @@ class NamedParams(Params):
         for s in self._subParams():
             s.thawParamsRecursive(*names)
         for i in range(len(self._thawed)):
-            if "*" in names or self._index_to_name.get(i) in names:
+            if "*" in names or self._entryNames(i) & set(names):
                 self._thawed[i] = True
 
     def thawPathsTo(self, *names) -> bool:
@@ -394,7 +390,7 @@ class NamedParams(Params):
             if sub is not None and sub.thawPathsTo(*names):
                 self._thawed[i] = True
                 found = True
-            if self._index_to_name.get(i) in names:
+            if self._entryNames(i) & set(names):
                 self._thawed[i] = True
                 found = True
         return found
@@ -419,11 +415,21 @@ class NamedParams(Params):
     def _subAt(self, i):
         return None
 
+    def _entryNames(self, i):
+        """Names that select entry i: its own name, and a scalar sub-parameter's name."""
+        names = {self.getNamedParamName(i)}
+        sub = self._getThing(i) if isinstance(self, MultiParams) else None
+        if isinstance(sub, ScalarParam):
+            names.update(sub.getParamNames())
+        return names
+
     def addGaussianPrior(self, name: str, mu: float, sigma: float) -> None:
         """Gaussian prior N(mu, sigma) on the parameter ``name`` (a dotted path below here)."""
         head, _, rest = name.partition(".")
         i = self._index(head)
         sub = self._subAt(i)
+        if sub is None and isinstance(self._getThing(i), ScalarParam):
+            sub = self._getThing(i)  # e.g. a source's Flux brightness (not a NamedParams)
         if sub is None:
             if rest:
                 raise ValueError(f"unknown parameter name {name!r} for {getClassName(self)}")
@@ -444,10 +450,10 @@ class ParamList(NamedParams):
     """
 
     def __init__(self, *args):
-        self.__dict__["vals"] = [
-            _check_finite(v, f"param{i}", self) for i, v in enumerate(args)
-        ]
         self._init_names(len(args))
+        self.__dict__["vals"] = [
+            _check_finite(v, self.getNamedParamName(i), self) for i, v in enumerate(args)
+        ]
         self._priors = {}
 
     def __str__(self):
@@ -526,15 +532,12 @@ class ParamList(NamedParams):
     def _static(self):
         return tuple(self.getAllParamNames())
 
-    def _collect(self, values, thawed, path_thawed):
+    def _collect(self, values, thawed, path_thawed, priors=None):
+        if priors is not None:
+            priors.extend((len(values) + i, mu, sig) for i, (mu, sig) in self._priors.items())
         values.extend(self.vals)
         thawed.extend(path_thawed and t for t in self._thawed)
         return Spec(type(self), self._static(), len(self.vals))
-
-    def _collect_priors(self, offset, out):
-        for i, (mu, sig) in sorted(self._priors.items()):
-            out.append((offset + i, mu, sig))
-        return offset + len(self.vals)
 
 
 class MultiParams(NamedParams):
@@ -665,16 +668,10 @@ class MultiParams(NamedParams):
     def _static(self):
         return None
 
-    def _collect(self, values, thawed, path_thawed):
+    def _collect(self, values, thawed, path_thawed, priors=None):
         children = tuple(
-            s._collect(values, thawed, path_thawed and t)
+            s._collect(values, thawed, path_thawed and t, priors)
             for s, t in zip(self.subs, self._thawed)
             if s is not None
         )
         return Spec(type(self), self._static(), sum(c.size for c in children), children)
-
-    def _collect_priors(self, offset, out):
-        for s in self.subs:
-            if s is not None:
-                offset = s._collect_priors(offset, out)
-        return offset

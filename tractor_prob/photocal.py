@@ -31,8 +31,10 @@ def _band_value(br_spec: Spec, br_vals, band, owner: str):
 
 
 def _python_band_value(brightness, band, owner):
-    spec = brightness._collect([], [], True)
-    return float(_band_value(spec, brightness.getAllParams(), band, owner))
+    if isinstance(brightness, ScalarParam):
+        return brightness.val
+    return _band_value(Spec(type(brightness), tuple(brightness.getAllParamNames()), 0),
+                       brightness.vals, band, owner)
 
 
 class NullPhotoCal(ParamList):

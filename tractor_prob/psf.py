@@ -14,9 +14,51 @@ from .params import MultiParams, ParamList
 
 __all__ = ["NCircularGaussianPSF", "GaussianMixturePSF"]
 
-#: stamps extend this many (largest) PSF sigmas from the centre; the flux a
-#: Gaussian loses outside radius 6 sigma is exp(-18) = 1.5e-8 of the total.
-STAMP_NSIGMA = 6.0
+#: A source's stamp holds every pixel where its model exceeds STAMP_TOL times
+#: the image's typical pixel noise (what is cut changes chi^2 by < 1e-6 per
+#: pixel) ...
+STAMP_TOL = 1e-3
+#: ... but extends at least STAMP_NSIGMA_MIN and at most STAMP_NSIGMA_MAX of the
+#: widest PSF sigma; without a flux, STAMP_NSIGMA (a Gaussian loses exp(-18) =
+#: 1.5e-8 of its flux outside 6 sigma).
+STAMP_NSIGMA_MIN, STAMP_NSIGMA, STAMP_NSIGMA_MAX = 3.0, 6.0, 8.0
+
+
+def mog_radius(amps, means, covs, flux=None, noise=None) -> float:
+    """Stamp radius (pixels) of a MoG profile of total ``flux`` (counts) in pixel ``noise``.
+
+    The radius where the profile's upper envelope, sum_k |a_k| flux / (2 pi
+    sqrt(det C_k)) exp(-(r - |mu_k|)^2 / (2 lambda_max,k)), falls below
+    STAMP_TOL * noise, clipped to [STAMP_NSIGMA_MIN, STAMP_NSIGMA_MAX] widest
+    sigmas.  Without flux and noise: STAMP_NSIGMA widest sigmas.
+    """
+    amps = np.abs(np.asarray(amps, float))
+    lam = np.linalg.eigvalsh(np.asarray(covs, float)).max(axis=1)
+    det = np.linalg.det(np.asarray(covs, float))
+    off = np.hypot(*np.asarray(means, float).T)
+    smax = float(np.sqrt(lam.max()))
+    rmin, rmax = STAMP_NSIGMA_MIN * smax + off.max(), STAMP_NSIGMA_MAX * smax + off.max()
+    if flux is None or noise is None or not noise > 0:
+        return STAMP_NSIGMA * smax + float(off.max())
+    r = np.arange(0.0, rmax + 0.5, 0.25)
+    d = np.maximum(r[:, None] - off[None, :], 0.0)
+    prof = abs(flux) * np.sum(amps / (2 * np.pi * np.sqrt(det)) * np.exp(-0.5 * d**2 / lam), axis=1)
+    above = np.flatnonzero(prof >= STAMP_TOL * noise)
+    r_cut = r[above[-1]] + 0.25 if len(above) else 0.0
+    return float(np.clip(r_cut, rmin, rmax))
+
+
+class _MoGRadius:
+    """getRadius() shared by the MoG PSFs, cached on the current values."""
+
+    def getRadius(self, flux=None, noise=None) -> float:
+        """Stamp radius in pixels for a source of ``flux`` counts in pixel ``noise`` (see mog_radius)."""
+        key = (tuple(self.getAllParams()), flux, noise)
+        cache = self.__dict__.get("_radius_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, mog_radius(*self.getMixtureOfGaussians(), flux, noise))
+            self.__dict__["_radius_cache"] = cache
+        return cache[1]
 
 
 def _check_normalised(weights, owner):
@@ -28,7 +70,7 @@ def _check_normalised(weights, owner):
         )
 
 
-class NCircularGaussianPSF(MultiParams):
+class NCircularGaussianPSF(_MoGRadius, MultiParams):
     """Sum of concentric circular Gaussians: ``NCircularGaussianPSF(sigmas, weights)``.
 
     sigmas in pixels; weights must sum to 1.  Parameters ``sigmas.param<i>`` and
@@ -57,10 +99,6 @@ class NCircularGaussianPSF(MultiParams):
             ", ".join("%g" % v for v in self.sigmas.vals),
             ", ".join("%g" % v for v in self.weights.vals))
 
-    def getRadius(self) -> float:
-        """Stamp radius in pixels (STAMP_NSIGMA largest sigmas)."""
-        return STAMP_NSIGMA * max(abs(s) for s in self.sigmas.vals)
-
     def getMixtureOfGaussians(self):
         k = len(self.sigmas.vals)
         v = np.array(self.sigmas.vals) ** 2
@@ -74,7 +112,7 @@ class NCircularGaussianPSF(MultiParams):
         return w, jnp.zeros((k, 2), vals.dtype), covs
 
 
-class GaussianMixturePSF(ParamList):
+class GaussianMixturePSF(_MoGRadius, ParamList):
     """General mixture of K Gaussians: ``GaussianMixturePSF(amps, means, vars)``.
 
     amps (K,) must sum to 1; means (K, 2) pixel offsets (x, y); vars (K, 2, 2)
@@ -119,12 +157,6 @@ class GaussianMixturePSF(ParamList):
         v = np.array(self.vals).reshape(6, K)
         covs = np.stack([np.stack([v[3], v[5]], -1), np.stack([v[5], v[4]], -1)], -2)
         return v[0], np.stack([v[1], v[2]], -1), covs
-
-    def getRadius(self) -> float:
-        """Stamp radius in pixels: STAMP_NSIGMA sigmas of the widest component."""
-        a, m, c = self.getMixtureOfGaussians()
-        ev = np.linalg.eigvalsh(c).max(axis=1)
-        return float(np.max(STAMP_NSIGMA * np.sqrt(ev) + np.hypot(m[:, 0], m[:, 1])))
 
     @staticmethod
     def _jax_mog(spec, vals):

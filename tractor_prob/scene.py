@@ -88,6 +88,7 @@ def compile_tractor(tractor):
     """Walk ``tractor`` once: (plan, theta, thawed mask, prior rows)."""
     values: list = []
     thawed: list = []
+    priors: list = []
     images = tractor.images
     catalog = tractor.catalog
     img_thawed = tractor._thawed[0]
@@ -96,13 +97,13 @@ def compile_tractor(tractor):
     img_specs = []
     for i, img in enumerate(images.subs):
         off = len(values)
-        spec = img._collect(values, thawed, img_thawed and images._thawed[i])
+        spec = img._collect(values, thawed, img_thawed and images._thawed[i], priors)
         img_specs.append((spec, off, img))
 
     groups: dict = {}
     for j, src in enumerate(catalog.subs):
         off = len(values)
-        spec = src._collect(values, thawed, cat_thawed and catalog._thawed[j])
+        spec = src._collect(values, thawed, cat_thawed and catalog._thawed[j], priors)
         g = groups.setdefault(spec, ([], []))
         g[0].append(j)
         g[1].append(tuple(range(off, off + spec.size)))
@@ -112,19 +113,15 @@ def compile_tractor(tractor):
     for spec, off, img in img_specs:
         radii = []
         for gp in group_plans:
-            r = max(catalog.subs[j]._stamp_radius(img) for j in gp.members)
+            srcs = [catalog.subs[j] for j in gp.members]
+            counts = max(abs(s._stamp_counts(img)) for s in srcs)
+            r = max(s._stamp_radius(img, counts) for s in srcs)
             radii.append(_quantize_radius(r))
         image_plans.append(
             ImagePlan(spec, off, img.shape, tuple(radii), max(radii) if radii else 0)
         )
     plan = Plan(len(values), len(catalog.subs), tuple(image_plans), group_plans)
 
-    priors: list = []
-    off = 0
-    for img in images.subs:
-        off = img._collect_priors(off, priors)
-    for src in catalog.subs:
-        off = src._collect_priors(off, priors)
     theta = np.array(values, dtype=np.float64)
     return plan, theta, np.array(thawed, dtype=bool), priors
 

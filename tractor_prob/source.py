@@ -8,7 +8,8 @@ methods, dispatched from its :class:`~tractor_prob.params.Spec`):
   (zero covariance = a point);
 - ``_jax_center(spec, vals, ctx)`` -> (x, y) pixel where its stamp is centred;
 
-and one Python method, ``_stamp_radius(image)`` (pixels, from current values).
+and Python methods ``_stamp_counts(image)`` and ``_stamp_radius(image, counts)``
+(pixels, from current values; the brightest source of a kind sets its stamp size).
 ``ctx`` (:class:`tractor_prob.scene.ImageContext`) converts positions and
 brightnesses with the image's calibrations.  A user-defined source (e.g. a
 lensed quasar made of sub-sources) implements the same three and gets model
@@ -34,8 +35,13 @@ class Source(MultiParams):
     def getSourceType(self) -> str:
         return type(self).__name__
 
-    def _stamp_radius(self, image) -> float:
-        return image.psf.getRadius()
+    def _stamp_counts(self, image) -> float:
+        """Total counts of this source in ``image`` (Python; sizes its stamp)."""
+        return image.photocal.brightnessToCounts(self.getBrightness())
+
+    def _stamp_radius(self, image, counts) -> float:
+        """Stamp radius (pixels) in ``image`` when the source has ``counts`` counts."""
+        return image.psf.getRadius(counts, image.noise_sigma)
 
     @staticmethod
     def _jax_center(spec, vals, ctx):
