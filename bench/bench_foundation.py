@@ -226,7 +226,45 @@ def main(argv=None):
     with open(tmp, "w") as f:
         json.dump(out, f, indent=1)
     os.replace(tmp, args.out)
+    md = os.path.splitext(args.out)[0] + ".md"
+    with open(md + ".tmp", "w") as f:
+        f.write(markdown(out))
+    os.replace(md + ".tmp", md)
     return out
+
+
+def markdown(out) -> str:
+    """The results as a Markdown table with machine notes."""
+    m = out["machine"]
+    rows = [
+        "| case | warm optimize loop (median) | steps | cold (1st loop incl. compile) | "
+        "original Tractor warm | speed-up | result |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    desc = {"single_star": "seed single star, 25x25", "two_stars": "seed two stars, two 25x25 images",
+            "big_stars": "256x256, 50 stars, TAN + RaDecPos + NanoMaggies, 2-comp MoG PSF"}
+    for name, r in out["cases"].items():
+        if name == "big_stars":
+            res = (f"lnp fit {r['lnp_fit']:.2f} (from truth {r['lnp_fit_from_truth']:.2f}; "
+                   f"Tractor {TRACTOR[name]['lnp_fit']:.2f} on the same data, lnp at truth "
+                   f"{r['lnp_truth']:.2f})")
+        elif name == "single_star":
+            e = r["err"]
+            res = f"dx={e['dx']:+.4f} dy={e['dy']:+.4f} px, dflux={e['dflux']:+.3f}"
+        else:
+            res = "; ".join(f"dx={e['dx']:+.4f},dy={e['dy']:+.4f},dF={e['dflux']:+.3f}"
+                            for e in r["err"])
+        rows.append(
+            f"| {desc[name]} | {r['optimize_loop_s'] * 1e3:.2f} ms | {r['nsteps']} | "
+            f"{r['cold_s']:.2f} s | {r['tractor_optimize_loop_s'] * 1e3:.1f} ms "
+            f"({TRACTOR[name]['nsteps']} steps) | {r['speedup_vs_tractor']:.1f}x | {res} |")
+    notes = (f"\nMachine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, JAX {m['jax']} "
+             f"({m['backend']}, float64), commit {m['commit']}, {m['date']}. Warm = median of "
+             f"repeated optimize()-until-dlnp<1e-3 loops from the same start; cold = the first such "
+             f"loop in a fresh process (JAX compilation included, imports excluded). Tractor "
+             f"figures: ../shared/bench/tractor/RESULTS.md (C extensions + Cython build, same "
+             f"machine kind).\n")
+    return "\n".join(rows) + "\n" + notes
 
 
 if __name__ == "__main__":

@@ -167,8 +167,12 @@ class Tractor(MultiParams):
         return float(comp.loglik(theta, *self._pixels()))
 
     def getLogProb(self) -> float:
-        """Log likelihood + log prior (Gaussian priors on thawed parameters)."""
-        return self.getLogLikelihood() + self.getLogPrior()
+        """Log likelihood + log prior (Gaussian priors on thawed parameters);
+        -inf when a parameter is outside its legal domain (e.g. |e| >= 1)."""
+        lp = self.getLogPrior()
+        if not np.isfinite(lp):
+            return -np.inf
+        return self.getLogLikelihood() + lp
 
     # --- derivatives ---
     def getDerivs(self):

@@ -221,7 +221,9 @@ class Fitter:
         return A
 
     def log_prob(self, theta, data, weights, pri):
-        return self.c._loglik(theta, data, weights) + self._log_prior(theta, pri)
+        """Log likelihood + Gaussian priors; -inf outside the parameters' legal domain."""
+        lnp = self.c._loglik(theta, data, weights) + self._log_prior(theta, pri)
+        return jnp.where(self.c.legal(theta), lnp, -jnp.inf)
 
     def _step(self, theta, data, weights, pairs, pri):
         """One Gauss-Newton step with a line search.

@@ -50,11 +50,24 @@ class ImageContext:
     def counts(self, br_spec, br_vals):
         return self.pc_spec.cls._jax_counts(self.pc_spec, self.pc_vals, br_spec, br_vals)
 
+    def local_cd(self, pos_spec, pos_vals):
+        """2x2 (East, North) arcsec -> pixel Jacobian at a position."""
+        return self.wcs_spec.cls._jax_local_cd(self.wcs_spec, self.wcs_vals, pos_spec, pos_vals)
+
     def psf_mog(self):
         return self.psf_spec.cls._jax_mog(self.psf_spec, self.psf_vals)
 
     def sky(self):
         return self.sky_spec.cls._jax_sky(self.sky_spec, self.sky_vals)
+
+
+def spec_legal(spec: Spec, vals):
+    """True where every object in the tree is in its legal domain (``_jax_legal`` hooks)."""
+    hook = getattr(spec.cls, "_jax_legal", None)
+    ok = jnp.asarray(True) if hook is None else jnp.asarray(hook(spec, vals))
+    for child, v in zip(spec.children, spec.split(vals)):
+        ok = ok & spec_legal(child, v)
+    return ok
 
 
 class ImagePlan(NamedTuple):
@@ -225,6 +238,16 @@ class Compiled:
 
     def _loglik(self, theta, data, weights):
         return -0.5 * sum(jnp.sum(c * c) for c in self._chis(theta, data, weights))
+
+    def legal(self, theta):
+        """True if every image calibration and source is in its legal domain."""
+        ok = jnp.asarray(True)
+        for ip in self.plan.images:
+            ok = ok & spec_legal(ip.spec, theta[ip.offset : ip.offset + ip.spec.size])
+        for g, gp in enumerate(self.plan.groups):
+            ok = ok & jnp.all(jax.vmap(lambda v, s=gp.spec: spec_legal(s, v))(
+                self.group_values(g, theta)))
+        return ok
 
     def _origins(self, theta):
         """Per image, per group: (ox, oy, cx, cy) stamp origins and source centres (pixels)."""

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .params import ParamList
@@ -68,6 +70,14 @@ class NullWCS(ParamList):
         _needs_pixpos("NullWCS", pos_spec)
         _, dx, dy = spec.static
         return pos_vals[0] + dx, pos_vals[1] + dy
+
+    def pixelsPerArcsec(self) -> np.ndarray:
+        """2x2 matrix: (East, North) offsets in arcsec -> (dx, dy) pixels (East = +x)."""
+        return np.eye(2) / self.pixscale
+
+    @staticmethod
+    def _jax_local_cd(spec, vals, pos_spec, pos_vals):
+        return jnp.eye(2, dtype=pos_vals.dtype) / spec.static[0]
 
 
 class Tan:
@@ -224,6 +234,22 @@ class FitsWcs(ParamList):
         v = np.array(self.vals)
         r, d = tan.pixel_to_radec(x + self.x0, y + self.y0, v[0:2], v[2:4], v[4:8].reshape(2, 2))
         return RaDecPos(float(r), float(d))
+
+    def pixelsPerArcsec(self) -> np.ndarray:
+        """2x2 matrix at the reference point: (East, North) arcsec -> (dx, dy) pixels."""
+        return self.cdInverse() / 3600.0
+
+    @staticmethod
+    def _jax_local_cd(spec, vals, pos_spec, pos_vals):
+        """Local (East, North) arcsec -> pixel Jacobian at the position (exact TAN derivative)."""
+        cd = vals[4:8].reshape(2, 2)
+        if not issubclass(pos_spec.cls, RaDecPos):
+            return tan.cd_inverse(cd) / 3600.0
+        J = jnp.stack(jax.jacfwd(
+            lambda rd: jnp.stack(tan.radec_to_pixel(rd[0], rd[1], vals[0:2], vals[2:4], cd))
+        )(pos_vals[:2]))
+        cosd = jnp.cos(jnp.deg2rad(pos_vals[1]))
+        return J * jnp.stack([1.0 / (3600.0 * cosd), 1.0 / 3600.0])[None, :]
 
     @staticmethod
     def _jax_pixel(spec, vals, pos_spec, pos_vals):

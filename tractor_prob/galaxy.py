@@ -1,0 +1,241 @@
+"""Galaxies: exponential, de Vaucouleurs, composites, and the round exponential (REX).
+
+A galaxy's profile is a mixture of circular Gaussians in units of its
+half-light radius (``tractor_prob.profiles``, fitted in ``models/``), sheared
+by its shape's covariance (arcsec^2, ``tractor_prob.ellipses``) and mapped to
+pixels by the image's WCS at the galaxy's position.  MoG x MoG PSF convolution
+is analytic, so galaxies render through the same stamps as point sources.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from . import profiles
+from .ellipses import EllipseE, EllipseESoft, GalaxyShape, LogRadius
+from .params import ScalarParam
+from .psf import mog_radius
+from .source import Source
+
+__all__ = [
+    "Galaxy", "ExpGalaxy", "DevGalaxy", "RexGalaxy", "CompositeGalaxy", "FixedCompositeGalaxy",
+    "FracDev", "EllipseE", "EllipseESoft", "GalaxyShape", "LogRadius",
+]
+
+
+def _component(ctx, pos_spec, pv, shape_spec, sv, counts, amps, vars):
+    """Pixel-space MoG (before the PSF) of one profile: (amps, means, covs)."""
+    x, y = ctx.pixel(pos_spec, pv)
+    M = ctx.local_cd(pos_spec, pv)  # arcsec -> pixels
+    C = shape_spec.cls._jax_cov(shape_spec, sv)
+    Cp = M @ C @ M.T
+    K = amps.shape[0]
+    means = jnp.broadcast_to(jnp.stack([x, y]), (K, 2))
+    return counts * amps, means, vars[:, None, None] * Cp
+
+
+def _radius(image, counts, components):
+    """Stamp radius (pixels) of a galaxy: profile components (amps, vars, shape) x PSF."""
+    M = image.wcs.pixelsPerArcsec()
+    pa, pm, pc = image.psf.getMixtureOfGaussians()
+    A, C = [], []
+    for frac, (amps, vars), shape in components:
+        Cp = M @ shape.getCovariance() @ M.T
+        for a, v in zip(np.asarray(amps), np.asarray(vars)):
+            for b, c in zip(pa, pc):
+                A.append(frac * a * b)
+                C.append(v * Cp + c)
+    A = np.array(A)
+    C = np.array(C)
+    r = mog_radius(A, np.zeros((len(A), 2)), C, counts, image.noise_sigma)
+    return min(r, float(max(image.shape)))
+
+
+class Galaxy(Source):
+    """A one-component galaxy: ``Cls(pos, brightness, shape)``; subclasses choose the profile."""
+
+    deriv_label = "gal"
+
+    @staticmethod
+    def getNamedParams():
+        return dict(pos=0, brightness=1, shape=2)
+
+    def __init__(self, pos, brightness, shape):
+        super().__init__(pos, brightness, shape)
+
+    def __str__(self):
+        return f"{type(self).__name__} at {self.pos} with {self.brightness} and {self.shape}"
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.pos!r}, {self.brightness!r}, {self.shape!r})"
+
+    def getPosition(self):
+        return self.pos
+
+    def getBrightness(self):
+        return self.brightness
+
+    def getShape(self):
+        return self.shape
+
+    # profile: (amps (K,), vars (K,)) in units of re^2, unit flux
+    @classmethod
+    def _profile(cls, spec, vals):
+        raise NotImplementedError
+
+    def _numpy_profile(self):
+        spec = self._collect([], [], True)
+        return tuple(np.asarray(a) for a in self._profile(spec, jnp.asarray(self.getAllParams())))
+
+    @staticmethod
+    def _jax_center(spec, vals, ctx):
+        pv = spec.split(vals)[0]
+        return ctx.pixel(spec.children[0], pv)
+
+    @classmethod
+    def _jax_mog(cls, spec, vals, ctx):
+        pos_spec, br_spec, shape_spec = spec.children[:3]
+        pv, bv, sv = spec.split(vals)[:3]
+        amps, vars = cls._profile(spec, vals)
+        return _component(ctx, pos_spec, pv, shape_spec, sv, ctx.counts(br_spec, bv), amps, vars)
+
+    def _stamp_radius(self, image, counts):
+        return _radius(image, counts, [(1.0, self._numpy_profile(), self.shape)])
+
+
+class ExpGalaxy(Galaxy):
+    """Exponential-profile galaxy (Sersic n = 1)."""
+
+    @classmethod
+    def _profile(cls, spec, vals):
+        return profiles.exp_mog()
+
+
+class DevGalaxy(Galaxy):
+    """de Vaucouleurs-profile galaxy (Sersic n = 4)."""
+
+    @classmethod
+    def _profile(cls, spec, vals):
+        return profiles.dev_mog()
+
+
+class RexGalaxy(ExpGalaxy):
+    """Round exponential galaxy: ``RexGalaxy(pos, brightness, LogRadius(logre))`` (or any round shape)."""
+
+    def __init__(self, pos, brightness, shape):
+        if isinstance(shape, (int, float)):
+            shape = LogRadius(shape)
+        super().__init__(pos, brightness, shape)
+
+
+class FracDev(ScalarParam):
+    """Fraction of a FixedCompositeGalaxy's flux in its deV component, in [0, 1]."""
+
+    stepsize = 0.01
+
+    def isLegal(self):
+        return 0.0 <= self.val <= 1.0
+
+    def getLogPrior(self):
+        return super().getLogPrior() if self.isLegal() else -np.inf
+
+    @staticmethod
+    def _jax_legal(spec, vals):
+        return (vals[0] >= 0.0) & (vals[0] <= 1.0)
+
+    def clipped(self) -> float:
+        return min(max(self.val, 0.0), 1.0)
+
+
+class CompositeGalaxy(Source):
+    """deV + exp galaxy with separate brightnesses and shapes:
+    ``CompositeGalaxy(pos, brightnessExp, shapeExp, brightnessDev, shapeDev)``."""
+
+    deriv_label = "comp"
+
+    @staticmethod
+    def getNamedParams():
+        return dict(pos=0, brightnessExp=1, shapeExp=2, brightnessDev=3, shapeDev=4)
+
+    def __init__(self, pos, brightnessExp, shapeExp, brightnessDev, shapeDev):
+        super().__init__(pos, brightnessExp, shapeExp, brightnessDev, shapeDev)
+
+    def __str__(self):
+        return (f"CompositeGalaxy at {self.pos} with Exp {self.brightnessExp} {self.shapeExp} "
+                f"and deV {self.brightnessDev} {self.shapeDev}")
+
+    def getPosition(self):
+        return self.pos
+
+    def getBrightnesses(self):
+        return [self.brightnessExp, self.brightnessDev]
+
+    def _stamp_counts(self, image):
+        pc = image.photocal
+        return pc.brightnessToCounts(self.brightnessExp) + pc.brightnessToCounts(self.brightnessDev)
+
+    def _stamp_radius(self, image, counts):
+        pc = image.photocal
+        ce, cd = pc.brightnessToCounts(self.brightnessExp), pc.brightnessToCounts(self.brightnessDev)
+        tot = abs(ce) + abs(cd) or 1.0
+        return _radius(image, counts, [
+            (abs(ce) / tot, profiles.exp_mog(), self.shapeExp),
+            (abs(cd) / tot, profiles.dev_mog(), self.shapeDev)])
+
+    @staticmethod
+    def _jax_center(spec, vals, ctx):
+        return ctx.pixel(spec.children[0], spec.split(vals)[0])
+
+    @staticmethod
+    def _jax_mog(spec, vals, ctx):
+        ps, bes, ses, bds, sds = spec.children
+        pv, bev, sev, bdv, sdv = spec.split(vals)
+        e = _component(ctx, ps, pv, ses, sev, ctx.counts(bes, bev), *profiles.exp_mog())
+        d = _component(ctx, ps, pv, sds, sdv, ctx.counts(bds, bdv), *profiles.dev_mog())
+        return tuple(jnp.concatenate([a, b]) for a, b in zip(e, d))
+
+
+class FixedCompositeGalaxy(Source):
+    """deV + exp galaxy with one brightness split by ``fracDev``:
+    ``FixedCompositeGalaxy(pos, brightness, fracDev, shapeExp, shapeDev)``."""
+
+    deriv_label = "fcomp"
+
+    @staticmethod
+    def getNamedParams():
+        return dict(pos=0, brightness=1, fracDev=2, shapeExp=3, shapeDev=4)
+
+    def __init__(self, pos, brightness, fracDev, shapeExp, shapeDev):
+        if not isinstance(fracDev, FracDev):
+            fracDev = FracDev(fracDev)
+        super().__init__(pos, brightness, fracDev, shapeExp, shapeDev)
+
+    def __str__(self):
+        return (f"FixedCompositeGalaxy at {self.pos} with {self.brightness}, fracDev "
+                f"{self.fracDev.val:g}, Exp {self.shapeExp}, deV {self.shapeDev}")
+
+    def getPosition(self):
+        return self.pos
+
+    def getBrightness(self):
+        return self.brightness
+
+    def _stamp_radius(self, image, counts):
+        f = self.fracDev.clipped()
+        return _radius(image, counts, [(1 - f, profiles.exp_mog(), self.shapeExp),
+                                       (f, profiles.dev_mog(), self.shapeDev)])
+
+    @staticmethod
+    def _jax_center(spec, vals, ctx):
+        return ctx.pixel(spec.children[0], spec.split(vals)[0])
+
+    @staticmethod
+    def _jax_mog(spec, vals, ctx):
+        ps, bs, fs, ses, sds = spec.children
+        pv, bv, fv, sev, sdv = spec.split(vals)
+        counts = ctx.counts(bs, bv)
+        f = jnp.clip(fv[0], 0.0, 1.0)
+        e = _component(ctx, ps, pv, ses, sev, counts * (1 - f), *profiles.exp_mog())
+        d = _component(ctx, ps, pv, sds, sdv, counts * f, *profiles.dev_mog())
+        return tuple(jnp.concatenate([a, b]) for a, b in zip(e, d))
