@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fit import build_pairs, get_fitter
+from .fit import ALPHAS, build_pairs, get_fitter
 from .image import Image, Images
 from .params import MultiParams
 from .patch import Patch
@@ -131,9 +131,21 @@ class Tractor(MultiParams):
         plan, theta, thawed, priors = compile_tractor(self)
         return get_compiled(plan), theta, thawed, priors
 
-    def _pixels(self):
-        arrs = [im._device_arrays() for im in self.images.subs]
-        return tuple(a[0] for a in arrs), tuple(a[1] for a in arrs)
+    def _pixels(self, comp):
+        """(data, weights) stacked per image group of ``comp.plan`` (JAX arrays, cached)."""
+        imgs = self.images.subs
+        key = (comp.plan.images, tuple(im._version for im in imgs))
+        cache = self.__dict__.get("_pixel_cache")
+        if cache is not None and cache[0] == key and all(a is b for a, b in zip(cache[1], imgs)) \
+                and len(cache[1]) == len(imgs):
+            return cache[2]
+        import jax.numpy as jnp
+
+        arrs = [im._device_arrays() for im in imgs]
+        data = tuple(jnp.stack([arrs[i][0] for i in ip.members]) for ip in comp.plan.images)
+        weights = tuple(jnp.stack([arrs[i][1] for i in ip.members]) for ip in comp.plan.images)
+        self.__dict__["_pixel_cache"] = (key, tuple(imgs), (data, weights))
+        return data, weights
 
     # --- models and likelihood ---
     def getModelImage(self, img, srcs=None, sky=True):
@@ -147,16 +159,16 @@ class Tractor(MultiParams):
         if srcs is not None:
             chosen = {id(s) for s in srcs}
             src_on = np.array([1.0 if id(s) in chosen else 0.0 for s in self.catalog.subs])
-        return np.asarray(comp.render(theta, src_on, 1.0 if sky else 0.0)[i])
+        return comp.split(comp.render(theta, src_on, 1.0 if sky else 0.0))[i]
 
     def getModelImages(self):
         comp, theta, _, _ = self._compile()
-        return [np.asarray(m) for m in comp.render(theta, np.ones(len(self.catalog.subs)), 1.0)]
+        return comp.split(comp.render(theta, np.ones(len(self.catalog.subs)), 1.0))
 
     def getChiImages(self):
         """(data - model) * sqrt(invvar) per image; masked pixels are 0."""
         comp, theta, _, _ = self._compile()
-        return [np.asarray(c) for c in comp.chis(theta, *self._pixels())]
+        return comp.split(comp.chis(theta, *self._pixels(comp)))
 
     def getChiImage(self, img):
         return self.getChiImages()[self._image_index(img)]
@@ -164,7 +176,7 @@ class Tractor(MultiParams):
     def getLogLikelihood(self) -> float:
         """-chi^2 / 2 summed over unmasked pixels of all images."""
         comp, theta, _, _ = self._compile()
-        return float(comp.loglik(theta, *self._pixels()))
+        return float(comp.loglik(theta, *self._pixels(comp)))
 
     def getLogProb(self) -> float:
         """Log likelihood + log prior (Gaussian priors on thawed parameters);
@@ -180,38 +192,42 @@ class Tractor(MultiParams):
         lists of ``(Patch, Image)`` (one per image), from autodiff of the render core."""
         comp, theta, thawed, _ = self._compile()
         fitter = get_fitter(comp, thawed)
-        per_image = fitter.derivs(theta)
         names = self.getParamNames()
-        out = [[] for _ in range(fitter.nt)]
         plan = comp.plan
-        for i, (groups, Jc) in enumerate(per_image):
-            img = self.images.subs[i]
-            H, W = img.shape
-            if Jc is not None:
-                Jc = np.asarray(Jc)
-                for c, t in enumerate(fitter.t_of[fitter.cal[i]]):
-                    out[t].append((Patch(0, 0, Jc[:, :, c], f"d(image)/d({names[t]})"), img))
-            for g, sj in enumerate(groups):
-                if sj is None:
-                    continue
-                J, ox, oy = (np.asarray(a) for a in sj)
-                gp = plan.groups[g]
-                label = gp.spec.cls.deriv_label
-                for n, j in enumerate(gp.members):
-                    for k, t in enumerate(fitter.group_cols[g][n]):
-                        if t >= fitter.nt:
-                            continue
-                        local = names[t].split(".", 1)[1]
-                        out[t].append((_clipped_patch(J[n, :, :, k], ox[n], oy[n], H, W,
-                                                      f"d({label})/d({local})"), img))
+        per_image = {}  # image index -> list of (t, Patch)
+        for fg, (groups, Jc) in zip(fitter.fit_groups, fitter.derivs(theta)):
+            ip = plan.images[fg.ig]
+            H, W = ip.shape
+            for n, pos in enumerate(fg.pos):
+                i = ip.members[pos]
+                items = per_image.setdefault(i, [])
+                if Jc is not None:
+                    Jn = np.asarray(Jc[n])
+                    for c, t in enumerate(fg.cal_t[n]):
+                        items.append((t, Patch(0, 0, Jn[:, :, c], f"d(image)/d({names[t]})")))
+                for g, sj in enumerate(groups):
+                    if sj is None:
+                        continue
+                    J, ox, oy = (np.asarray(a[n]) for a in sj)
+                    gp = plan.groups[g]
+                    label = gp.spec.cls.deriv_label
+                    for m, cols in enumerate(fitter.group_cols[g]):
+                        for k, t in enumerate(cols):
+                            if t < fitter.nt:
+                                local = names[t].split(".", 1)[1]
+                                items.append((t, _clipped_patch(J[m, :, :, k], ox[m], oy[m], H, W,
+                                                                f"d({label})/d({local})")))
+        out = [[] for _ in range(fitter.nt)]
+        for i in range(plan.n_images):
+            for t, patch in per_image.get(i, []):
+                out[t].append((patch, self.images.subs[i]))
         return out
 
     # --- fitting ---
     def _fit_inputs(self):
         comp, theta, thawed, priors = self._compile()
         fitter = get_fitter(comp, thawed)
-        origins = comp.origins(theta)
-        origins = jax_to_numpy(origins)
+        origins = jax_to_numpy(comp.origins(theta))
         self._check_on_images(comp.plan, origins, fitter.source_free)
         pairs = build_pairs(comp.plan, origins, fitter.source_free)
         pri = fitter.prior_arrays(priors, thawed)
@@ -219,13 +235,13 @@ class Tractor(MultiParams):
 
     def _check_on_images(self, plan, origins, free):
         on = np.zeros(plan.n_src, bool)
-        for i, ip in enumerate(plan.images):
+        for ig, ip in enumerate(plan.images):
             H, W = ip.shape
             for g, gp in enumerate(plan.groups):
-                _, _, cx, cy = origins[i][g]
-                r = ip.radii[g]
-                inside = (cx > -r) & (cx < W - 1 + r) & (cy > -r) & (cy < H - 1 + r)
-                on[np.asarray(gp.members)] |= inside
+                _, _, cx, cy = origins[ig][g]  # (n_images, n_sources)
+                ry, rx = (s // 2 for s in ip.stamps[g])
+                inside = (cx > -rx) & (cx < W - 1 + rx) & (cy > -ry) & (cy < H - 1 + ry)
+                on[np.asarray(gp.members)] |= inside.any(axis=0)
         bad = np.flatnonzero(free & ~on)
         if len(bad):
             j = int(bad[0])
@@ -234,8 +250,13 @@ class Tractor(MultiParams):
                 f"cannot be fitted ({len(bad)} such source(s)); remove or freeze them"
             )
 
-    def optimize(self, alphas=None, damp=0, priors=True, **kwargs):
+    def optimize(self, alphas=None, damp=0.0, priors=True):
         """One linearized least-squares step on the thawed parameters, with a line search.
+
+        ``alphas``: step fractions to try, in order, until one improves the
+        log-probability (default 1, 1/2, 1/4, 0.1, 0.03, 0.01, 1e-3, 1e-4);
+        ``damp``: Levenberg-Marquardt damping of the (Jacobi-scaled) normal
+        equations; ``priors=False`` ignores the Gaussian priors.
 
         Returns ``(dlnp, X, alpha)``: the improvement in log-probability, the
         full step X (one entry per thawed parameter) and the fraction alpha of
@@ -244,8 +265,16 @@ class Tractor(MultiParams):
         fitter, theta, pairs, pri = self._fit_inputs()
         if fitter.nt == 0:
             return 0.0, np.zeros(0), 0.0
-        data, weights = self._pixels()
-        theta_new, dlnp, X, alpha, _ = fitter.step(theta, data, weights, pairs, pri)
+        if not priors:
+            pri = fitter.prior_arrays([], None)
+        alphas = np.asarray(ALPHAS if alphas is None else alphas, dtype=float)
+        if alphas.ndim != 1 or len(alphas) == 0 or np.any(alphas <= 0):
+            raise ValueError(f"optimize(): alphas must be a non-empty list of positive numbers, got {alphas}")
+        if not damp >= 0:
+            raise ValueError(f"optimize(): damp must be >= 0, got {damp}")
+        data, weights = self._pixels(fitter.c)
+        theta_new, dlnp, X, alpha, _ = fitter.step(theta, data, weights, pairs, pri, alphas,
+                                                   float(damp))
         alpha = float(alpha)
         if alpha > 0:
             self.setAllParams(np.asarray(theta_new).tolist())

@@ -18,6 +18,7 @@ step (system, solve, line search over alpha) inside one jitted call.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,36 +42,42 @@ def _bucket(n: int) -> int:
 
 
 def build_pairs(plan, origins, source_free):
-    """Pairs of sources whose stamps overlap, per image and per pair of groups.
+    """Pairs of sources whose stamps overlap, per image group and pair of source groups.
 
     ``origins``: what ``Compiled.origins`` returns (numpy); ``source_free``:
     bool (n_src,) whether a source has any thawed parameter.  Returns, per
-    image, a tuple over (g1 <= g2) of (p1, p2, valid) int arrays, padded.
+    image group, a tuple over (g1 <= g2) of (p1, p2, valid) arrays of shape
+    (n_images_in_group, P), padded to a common power-of-two length P.
     """
     out = []
     G = len(plan.groups)
-    for i, ip in enumerate(plan.images):
+    m = PAIR_MARGIN
+    for ig, ip in enumerate(plan.images):
         per = []
         for g1 in range(G):
             for g2 in range(g1, G):
-                S1, S2 = 2 * ip.radii[g1] + 1, 2 * ip.radii[g2] + 1
-                ox1, oy1 = np.asarray(origins[i][g1][0]), np.asarray(origins[i][g1][1])
-                ox2, oy2 = np.asarray(origins[i][g2][0]), np.asarray(origins[i][g2][1])
-                dx = ox2[None, :] - ox1[:, None]
-                dy = oy2[None, :] - oy1[:, None]
-                m = PAIR_MARGIN
-                ok = (dx < S1 + m) & (dx > -S2 - m) & (dy < S1 + m) & (dy > -S2 - m)
+                (Sy1, Sx1), (Sy2, Sx2) = ip.stamps[g1], ip.stamps[g2]
                 f1 = source_free[np.asarray(plan.groups[g1].members)]
                 f2 = source_free[np.asarray(plan.groups[g2].members)]
-                ok &= f1[:, None] & f2[None, :]
-                if g1 == g2:
-                    ok &= np.triu(np.ones_like(ok), k=1)
-                p1, p2 = np.nonzero(ok)
-                n = _bucket(len(p1))
-                pad = n - len(p1)
-                valid = np.concatenate([np.ones(len(p1)), np.zeros(pad)])
-                p1 = np.concatenate([p1, np.zeros(pad, int)]).astype(np.int32)
-                p2 = np.concatenate([p2, np.zeros(pad, int)]).astype(np.int32)
+                found = []
+                for k in range(len(ip.members)):
+                    ox1, oy1 = origins[ig][g1][0][k], origins[ig][g1][1][k]
+                    ox2, oy2 = origins[ig][g2][0][k], origins[ig][g2][1][k]
+                    dx = ox2[None, :] - ox1[:, None]
+                    dy = oy2[None, :] - oy1[:, None]
+                    ok = (dx < Sx1 + m) & (dx > -Sx2 - m) & (dy < Sy1 + m) & (dy > -Sy2 - m)
+                    ok &= f1[:, None] & f2[None, :]
+                    if g1 == g2:
+                        ok &= np.triu(np.ones_like(ok), k=1)
+                    found.append(np.nonzero(ok))
+                n = _bucket(max(len(p[0]) for p in found))
+                p1 = np.zeros((len(found), n), np.int32)
+                p2 = np.zeros((len(found), n), np.int32)
+                valid = np.zeros((len(found), n))
+                for k, (a, b) in enumerate(found):
+                    p1[k, : len(a)] = a
+                    p2[k, : len(b)] = b
+                    valid[k, : len(a)] = 1.0
                 per.append((p1, p2, valid))
         out.append(tuple(per))
     return tuple(out)
@@ -89,8 +96,21 @@ def get_fitter(compiled: Compiled, thawed: np.ndarray) -> "Fitter":
     return f
 
 
+class _FitGroup(NamedTuple):
+    """Images of one image group that also share which calibration parameters are thawed."""
+
+    ig: int  # image group
+    pos: np.ndarray  # positions of these images within the image group
+    cal_local: np.ndarray  # thawed calibration parameters (indices within an image's values)
+    cal_t: np.ndarray  # (n, nc) their columns in the thawed system
+
+
 class Fitter:
-    """Jitted Gauss-Newton machinery for one plan and one set of thawed parameters."""
+    """Jitted Gauss-Newton machinery for one plan and one set of thawed parameters.
+
+    Images of a group are processed by ``lax.scan`` (one trace per group,
+    however many images it holds).
+    """
 
     def __init__(self, compiled: Compiled, thawed: np.ndarray):
         self.c = compiled
@@ -100,88 +120,109 @@ class Fitter:
         t_of = np.full(plan.n_theta, self.nt, dtype=np.int32)  # nt = "frozen" dump slot
         t_of[self.T] = np.arange(self.nt, dtype=np.int32)
         self.t_of = t_of
-        # thawed columns of each group, (n, k), and whether the group has any
+        # thawed columns of each source group, (n, k), and whether the group has any
         self.group_cols = [t_of[np.asarray(gp.idx, dtype=np.int64)] for gp in plan.groups]
         self.group_free = [bool((c < self.nt).any()) for c in self.group_cols]
-        self.cal = []
-        for ip in plan.images:
-            idx = np.arange(ip.offset, ip.offset + ip.spec.size)
-            idx = idx[thawed[idx]]
-            self.cal.append(idx)
         self.source_free = np.zeros(plan.n_src, bool)
         for gp, cols in zip(plan.groups, self.group_cols):
             self.source_free[np.asarray(gp.members)] = (cols < self.nt).any(axis=1)
+        self.fit_groups = []
+        for ig, ip in enumerate(plan.images):
+            local = np.arange(ip.spec.size)
+            by_mask: dict = {}
+            for k, off in enumerate(ip.offsets):
+                by_mask.setdefault(thawed[off + local].tobytes(), []).append(k)
+            for pos in by_mask.values():
+                pos = np.asarray(pos)
+                cal_local = local[thawed[ip.offsets[pos[0]] + local]]
+                offs = np.asarray(ip.offsets)[pos]
+                cal_t = t_of[offs[:, None] + cal_local[None, :]]
+                self.fit_groups.append(_FitGroup(ig, pos, cal_local, cal_t))
         self.system = jax.jit(self._system)
         self.step = jax.jit(self._step)
         self.derivs = jax.jit(self._derivs)
 
-    # --- pieces ---
-    def _source_jacobians(self, i, theta):
-        """Per group: (J (n,S,S,k) unweighted stamp derivatives, ox, oy)."""
+    # --- pieces (one image: ig, its calibration values iv) ---
+    def _source_jacobians(self, ig, iv, theta):
+        """Per source group: (J (n, Sy, Sx, k) unweighted stamp derivatives, ox, oy) or None."""
         c = self.c
-        ip = c.plan.images[i]
-        img_vals = theta[ip.offset : ip.offset + ip.spec.size]
         out = []
         for g in range(len(c.plan.groups)):
             if not self.group_free[g]:
                 out.append(None)
                 continue
-            ox, oy, _, _ = c.group_origins(i, g, theta)
-            jac = jax.jacfwd(c.stamp_fn(i, g), argnums=0)
-            J = jax.vmap(jac, (0, None, 0, 0))(c.group_values(g, theta), img_vals, ox, oy)
+            ox, oy, _, _ = c.group_origins(ig, g, iv, theta)
+            jac = jax.jacfwd(c.stamp_fn(ig, g), argnums=0)
+            J = jax.vmap(jac, (0, None, 0, 0))(c.group_values(g, theta), iv, ox, oy)
             out.append((J, ox, oy))
         return out
 
-    def _cal_jacobian(self, i, theta):
-        cal = self.cal[i]
-        if len(cal) == 0:
+    def _cal_jacobian(self, fg, iv, theta):
+        """d model / d thawed calibration parameters of one image: (H, W, nc), or None."""
+        if len(fg.cal_local) == 0:
             return None
+        cal = fg.cal_local
 
         def f(cv):
-            return self.c.model_image(i, theta.at[cal].set(cv))
+            return self.c.model_image(fg.ig, iv.at[cal].set(cv), theta)
 
-        return jax.jacfwd(f)(theta[cal])  # (H, W, nc)
+        return jax.jacfwd(f)(iv[cal])
 
     def _log_prior(self, theta, pri):
         tidx, mu, sig = pri
         return -0.5 * jnp.sum(((theta[tidx] - mu) / sig) ** 2)
 
-    def _system(self, theta, data, weights, pairs, pri):
-        """(A = J^T W J + prior, g = J^T W r + prior gradient, log-probability)."""
-        nt = self.nt
-        A = jnp.zeros((nt + 1, nt + 1), theta.dtype)
-        grad = jnp.zeros(nt + 1, theta.dtype)
-        lnl = 0.0
-        for i, ip in enumerate(self.c.plan.images):
-            chi = (data[i] - self.c.model_image(i, theta)) * weights[i]
-            lnl = lnl - 0.5 * jnp.sum(chi * chi)
-            Jc = self._cal_jacobian(i, theta)
+    def _image_terms(self, fg, carry, x, theta):
+        """Add one image's J^T W J, J^T W r and log-likelihood to carry=(A, grad, lnl)."""
+        A, grad, lnl = carry
+        iv, d, w, pairs_i, ct = x
+        c = self.c
+        ip = c.plan.images[fg.ig]
+        chi = (d - c.model_image(fg.ig, iv, theta)) * w
+        lnl = lnl - 0.5 * jnp.sum(chi * chi)
+        Jc = self._cal_jacobian(fg, iv, theta)
+        if Jc is not None:
+            Jc = Jc * w[..., None]
+            A = A.at[ct[:, None], ct[None, :]].add(jnp.einsum("hwa,hwb->ab", Jc, Jc))
+            grad = grad.at[ct].add(jnp.einsum("hwa,hw->a", Jc, chi))
+        stamps = []
+        for g, sj in enumerate(self._source_jacobians(fg.ig, iv, theta)):
+            if sj is None:
+                stamps.append(None)
+                continue
+            J, ox, oy = sj
+            Sy, Sx = ip.stamps[g]
+            Jw = J * mog.gather_stamps(w, ox, oy, Sy, Sx)[..., None]
+            cols = self.group_cols[g]
+            chi_st = mog.gather_stamps(chi, ox, oy, Sy, Sx)
+            grad = grad.at[cols].add(jnp.einsum("nyxk,nyx->nk", Jw, chi_st))
+            A = A.at[cols[:, :, None], cols[:, None, :]].add(jnp.einsum("nyxa,nyxb->nab", Jw, Jw))
             if Jc is not None:
-                ct = self.t_of[self.cal[i]]
-                Jc = Jc * weights[i][..., None]
-                A = A.at[ct[:, None], ct[None, :]].add(jnp.einsum("hwa,hwb->ab", Jc, Jc))
-                grad = grad.at[ct].add(jnp.einsum("hwa,hw->a", Jc, chi))
-            stamps = []
-            for g, sj in enumerate(self._source_jacobians(i, theta)):
-                if sj is None:
-                    stamps.append(None)
-                    continue
-                J, ox, oy = sj
-                S = J.shape[1]
-                Jw = J * mog.gather_stamps(weights[i], ox, oy, S)[..., None]
-                cols = self.group_cols[g]
-                chi_st = mog.gather_stamps(chi, ox, oy, S)
-                grad = grad.at[cols].add(jnp.einsum("nyxk,nyx->nk", Jw, chi_st))
-                A = A.at[cols[:, :, None], cols[:, None, :]].add(
-                    jnp.einsum("nyxa,nyxb->nab", Jw, Jw))
-                if Jc is not None:
-                    cross = jnp.einsum("nyxk,nyxc->nkc", Jw, mog.gather_stamps(Jc, ox, oy, S))
-                    ct = self.t_of[self.cal[i]]
-                    A = A.at[cols[:, :, None], ct[None, None, :]].add(cross)
-                    A = A.at[ct[None, :, None], cols[:, None, :]].add(
-                        jnp.swapaxes(cross, 1, 2))
-                stamps.append((Jw, ox, oy, cols))
-            A = self._add_pairs(A, stamps, pairs[i])
+                cross = jnp.einsum("nyxk,nyxc->nkc", Jw, mog.gather_stamps(Jc, ox, oy, Sy, Sx))
+                A = A.at[cols[:, :, None], ct[None, None, :]].add(cross)
+                A = A.at[ct[None, :, None], cols[:, None, :]].add(jnp.swapaxes(cross, 1, 2))
+            stamps.append((Jw, ox, oy, cols))
+        A = self._add_pairs(A, stamps, pairs_i)
+        return A, grad, lnl
+
+    def _system(self, theta, data, weights, pairs, pri):
+        """(A = J^T W J + prior, g = J^T W r + prior gradient, log-probability).
+
+        ``data``, ``weights``: per image group stacks; ``pairs``: from build_pairs.
+        """
+        nt = self.nt
+        carry = (jnp.zeros((nt + 1, nt + 1), theta.dtype), jnp.zeros(nt + 1, theta.dtype),
+                 jnp.zeros((), theta.dtype))
+        for fg in self.fit_groups:
+            pos = fg.pos
+            xs = (self.c.image_values(fg.ig, theta)[pos], data[fg.ig][pos], weights[fg.ig][pos],
+                  tuple(tuple(a[pos] for a in pr) for pr in pairs[fg.ig]), jnp.asarray(fg.cal_t))
+
+            def body(carry, x, fg=fg):
+                return self._image_terms(fg, carry, x, theta), None
+
+            carry, _ = jax.lax.scan(body, carry, xs)
+        A, grad, lnl = carry
         tidx, mu, sig = pri
         pt = jnp.asarray(self.t_of)[tidx]
         A = A.at[pt, pt].add(1.0 / sig**2)
@@ -200,19 +241,19 @@ class Fitter:
                     continue
                 J1, ox1, oy1, c1 = stamps[g1]
                 J2, ox2, oy2, c2 = stamps[g2]
-                S1, S2 = J1.shape[1], J2.shape[1]
+                Sy1, Sx1 = J1.shape[1:3]
+                Sy2, Sx2 = J2.shape[1:3]
                 Ja, Jb = J1[p1], J2[p2]
                 dx = ox2[p2] - ox1[p1]
                 dy = oy2[p2] - oy1[p1]
-                r = jnp.arange(S1)
-                rows = r[None, :] - dy[:, None]  # row in stamp b of each row of stamp a
-                cols = r[None, :] - dx[:, None]
-                ok = (((rows >= 0) & (rows < S2))[:, :, None]
-                      & ((cols >= 0) & (cols < S2))[:, None, :]
+                rows = jnp.arange(Sy1)[None, :] - dy[:, None]  # row in stamp b of each row of a
+                cols = jnp.arange(Sx1)[None, :] - dx[:, None]
+                ok = (((rows >= 0) & (rows < Sy2))[:, :, None]
+                      & ((cols >= 0) & (cols < Sx2))[:, None, :]
                       & (valid[:, None, None] > 0))
                 P = jnp.arange(p1.shape[0])[:, None, None]
-                Jb_shift = Jb[P, jnp.clip(rows, 0, S2 - 1)[:, :, None],
-                              jnp.clip(cols, 0, S2 - 1)[:, None, :]]
+                Jb_shift = Jb[P, jnp.clip(rows, 0, Sy2 - 1)[:, :, None],
+                              jnp.clip(cols, 0, Sx2 - 1)[:, None, :]]
                 Jb_shift = jnp.where(ok[..., None], Jb_shift, 0.0)
                 B = jnp.einsum("pyxa,pyxb->pab", Ja, Jb_shift)
                 ca, cb = jnp.asarray(c1)[p1], jnp.asarray(c2)[p2]
@@ -225,25 +266,26 @@ class Fitter:
         lnp = self.c._loglik(theta, data, weights) + self._log_prior(theta, pri)
         return jnp.where(self.c.legal(theta), lnp, -jnp.inf)
 
-    def _step(self, theta, data, weights, pairs, pri):
+    def _step(self, theta, data, weights, pairs, pri, alphas, damp):
         """One Gauss-Newton step with a line search.
 
-        Returns (theta_new, dlnp, X, alpha): X the full step on the thawed
-        parameters, alpha the fraction taken (0 and theta unchanged if no
-        fraction improved the log-probability).
+        ``alphas``: step fractions tried in turn until one improves the
+        log-probability; ``damp``: Levenberg-Marquardt damping added to the
+        Jacobi-scaled normal matrix (0 = Gauss-Newton).
+        Returns (theta_new, dlnp, X, alpha, lnp0): X the full step on the
+        thawed parameters, alpha the fraction taken (0 and theta unchanged if
+        no fraction improved the log-probability).
         """
         A, g, lnp0 = self._system(theta, data, weights, pairs, pri)
-        X = solve_normal(A, g)
+        X = solve_normal(A, g, damp)
         T = jnp.asarray(self.T)
 
         def lnp_at(alpha):
             return self.log_prob(theta.at[T].add(alpha * X), data, weights, pri)
 
-        alphas = jnp.asarray(ALPHAS)
-
         def cond(state):
             j, best = state
-            return (j < len(ALPHAS)) & ~(best > lnp0)
+            return (j < alphas.shape[0]) & ~(best > lnp0)
 
         def body(state):
             j, _ = state
@@ -257,11 +299,15 @@ class Fitter:
         return theta_new, dlnp, X, alpha, lnp0
 
     def _derivs(self, theta):
-        """Unweighted model derivatives: per image, (per-group stamp Jacobians, cal Jacobian)."""
-        return tuple(
-            (tuple(self._source_jacobians(i, theta)), self._cal_jacobian(i, theta))
-            for i in range(len(self.c.plan.images))
-        )
+        """Unweighted model derivatives, per fit group, stacked over its images:
+        (per source group (J, ox, oy) or None, calibration Jacobian or None)."""
+        out = []
+        for fg in self.fit_groups:
+            ivs = self.c.image_values(fg.ig, theta)[fg.pos]
+            out.append(jax.vmap(lambda iv, fg=fg: (
+                tuple(self._source_jacobians(fg.ig, iv, theta)),
+                self._cal_jacobian(fg, iv, theta)))(ivs))
+        return tuple(out)
 
     def prior_arrays(self, priors, thawed):
         rows = [p for p in priors if thawed[p[0]]]
@@ -271,15 +317,16 @@ class Fitter:
         return (np.asarray(idx, np.int32), np.asarray(mu, float), np.asarray(sig, float))
 
 
-def solve_normal(A, g):
-    """Solve A x = g for a symmetric positive semi-definite A, robust to degeneracy.
+def solve_normal(A, g, damp=0.0):
+    """Solve (A + damp) x = g for a symmetric positive semi-definite A, robust to degeneracy.
 
-    Jacobi-scaled so that parameters of different units are comparable; a tiny
-    ridge (1e-10 of the scaled diagonal) damps exactly degenerate directions.
+    Jacobi-scaled so that parameters of different units are comparable; ``damp``
+    (Levenberg-Marquardt) plus a tiny ridge (1e-10) is added to the scaled
+    diagonal, which damps exactly degenerate directions.
     """
     d = jnp.sqrt(jnp.diag(A))
     d = jnp.where(d > 0, d, 1.0)
-    As = A / (d[:, None] * d[None, :]) + 1e-10 * jnp.eye(A.shape[0], dtype=A.dtype)
+    As = A / (d[:, None] * d[None, :]) + (1e-10 + damp) * jnp.eye(A.shape[0], dtype=A.dtype)
     L = jnp.linalg.cholesky(As)
     y = jax.scipy.linalg.cho_solve((L, True), g / d)
     y = jax.lax.cond(jnp.all(jnp.isfinite(y)), lambda: y,

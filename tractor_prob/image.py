@@ -67,6 +67,7 @@ class Image(MultiParams):
         self.__dict__["_weights"] = np.where(good, np.sqrt(np.where(good, invvar, 0.0)), 0.0)
         self.__dict__["_data_masked"] = np.where(good, data, 0.0)
         self.__dict__["_device"] = None
+        self.__dict__["_version"] = self.__dict__.get("_version", 0) + 1
         # typical pixel noise sigma (counts): sizes source stamps
         self.__dict__["noise_sigma"] = (
             float(np.median(1.0 / self._weights[good])) if good.any() else 1.0)

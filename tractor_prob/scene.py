@@ -2,9 +2,10 @@
 
 ``compile_tractor`` walks a Tractor's images and catalog once and returns
 
-- a :class:`Plan`: hashable static structure (each image's calibration specs,
-  shape and stamp radii; sources grouped by kind with the indices of their
-  parameters in theta);
+- a :class:`Plan`: hashable static structure: images grouped by kind (same
+  calibration specs, shape and stamp sizes; each group is rendered with one
+  ``vmap``, so compile time does not grow with the number of images); sources
+  grouped by kind with the indices of their parameters in theta;
 - ``theta``: every parameter value (frozen included) as one float64 vector;
 - ``thawed``: a boolean mask over theta;
 - ``priors``: Gaussian priors as (theta index, mu, sigma) rows.
@@ -71,11 +72,13 @@ def spec_legal(spec: Spec, vals):
 
 
 class ImagePlan(NamedTuple):
-    spec: Spec
-    offset: int  # index of the image's first parameter in theta
+    """A group of images with identical structure, rendered together (vmap)."""
+
+    spec: Spec  # calibration spec common to the group
     shape: tuple  # (H, W)
-    radii: tuple  # stamp radius (pixels) of each source group in this image
-    pad: int  # max radius: margin of the padded canvas
+    stamps: tuple  # (Sy, Sx) stamp size of each source group in these images
+    members: tuple  # image indices
+    offsets: tuple  # index of each member's first parameter in theta
 
 
 class GroupPlan(NamedTuple):
@@ -87,14 +90,17 @@ class GroupPlan(NamedTuple):
 class Plan(NamedTuple):
     n_theta: int
     n_src: int
-    images: tuple
-    groups: tuple
+    n_images: int
+    images: tuple  # ImagePlan per image group
+    groups: tuple  # GroupPlan per source kind
 
 
-def _quantize_radius(r: float) -> int:
-    # round up to a multiple of 4 pixels so that small changes in PSF width or
-    # galaxy size while fitting do not change the plan (and retrace)
-    return max(4, 4 * math.ceil(r / 4.0))
+def _stamp_size(r: float, H: int, W: int) -> tuple:
+    # round the radius up to a multiple of 4 pixels so that small changes in
+    # PSF width, flux or galaxy size while fitting do not change the plan (and
+    # retrace); a stamp is never larger than the image
+    R = max(4, 4 * math.ceil(r / 4.0))
+    return (min(2 * R + 1, H), min(2 * R + 1, W))
 
 
 def compile_tractor(tractor):
@@ -120,21 +126,24 @@ def compile_tractor(tractor):
         g = groups.setdefault(spec, ([], []))
         g[0].append(j)
         g[1].append(tuple(range(off, off + spec.size)))
-
     group_plans = tuple(GroupPlan(spec, tuple(m), tuple(idx)) for spec, (m, idx) in groups.items())
-    image_plans = []
-    for spec, off, img in img_specs:
-        radii = []
+
+    image_groups: dict = {}
+    for i, (spec, off, img) in enumerate(img_specs):
+        H, W = img.shape
+        stamps = []
         for gp in group_plans:
             srcs = [catalog.subs[j] for j in gp.members]
             counts = max(abs(s._stamp_counts(img)) for s in srcs)
             r = max(s._stamp_radius(img, counts) for s in srcs)
-            radii.append(_quantize_radius(r))
-        image_plans.append(
-            ImagePlan(spec, off, img.shape, tuple(radii), max(radii) if radii else 0)
-        )
-    plan = Plan(len(values), len(catalog.subs), tuple(image_plans), group_plans)
-
+            stamps.append(_stamp_size(r, H, W))
+        key = (spec, (H, W), tuple(stamps))
+        members = image_groups.setdefault(key, ([], []))
+        members[0].append(i)
+        members[1].append(off)
+    image_plans = tuple(ImagePlan(spec, shape, stamps, tuple(m), tuple(o))
+                        for (spec, shape, stamps), (m, o) in image_groups.items())
+    plan = Plan(len(values), len(catalog.subs), len(images.subs), image_plans, group_plans)
     theta = np.array(values, dtype=np.float64)
     return plan, theta, np.array(thawed, dtype=bool), priors
 
@@ -154,8 +163,9 @@ def get_compiled(plan: Plan) -> "Compiled":
 class Compiled:
     """The jitted render functions of one :class:`Plan`.
 
-    All take ``theta`` (n_theta,) float64; images are returned as a tuple in
-    the Tractor's image order.
+    All take ``theta`` (n_theta,) float64.  Per-image arrays are passed and
+    returned *per image group*: a tuple over ``plan.images`` of stacked
+    (n_images_in_group, H, W) arrays (``split``/``stack`` convert).
     """
 
     def __init__(self, plan: Plan):
@@ -165,18 +175,35 @@ class Compiled:
         self.chis = jax.jit(self._chis)
         self.origins = jax.jit(self._origins)
 
-    # --- building blocks (traced) ---
-    def image_context(self, i, theta) -> ImageContext:
-        ip = self.plan.images[i]
-        return ImageContext(ip.spec, theta[ip.offset : ip.offset + ip.spec.size])
+    # --- conversions between per-image lists and per-group stacks (numpy) ---
+    def stack(self, per_image):
+        """List over images -> tuple over image groups of stacked arrays."""
+        return tuple(np.stack([np.asarray(per_image[i]) for i in ip.members])
+                     for ip in self.plan.images)
+
+    def split(self, per_group):
+        """Tuple over image groups of stacked arrays -> list over images."""
+        out = [None] * self.plan.n_images
+        for ip, arr in zip(self.plan.images, per_group):
+            arr = np.asarray(arr)
+            for k, i in enumerate(ip.members):
+                out[i] = arr[k]
+        return out
+
+    # --- building blocks (traced); ig = image group index, img_vals = one image's values ---
+    def image_values(self, ig, theta):
+        """(n_members, size) calibration values of the images of group ig."""
+        ip = self.plan.images[ig]
+        idx = np.asarray(ip.offsets)[:, None] + np.arange(ip.spec.size)[None, :]
+        return theta[idx.astype(np.int32)]
 
     def group_values(self, g, theta):
         return theta[np.asarray(self.plan.groups[g].idx, dtype=np.int32)]
 
-    def source_mog(self, i, g, theta):
-        """Batched pixel-space MoGs (before PSF) and centres of group g in image i."""
+    def source_mog(self, ig, g, img_vals, theta):
+        """Batched pixel-space MoGs (before PSF) and centres of source group g."""
         gs = self.plan.groups[g].spec
-        ctx = self.image_context(i, theta)
+        ctx = ImageContext(self.plan.images[ig].spec, img_vals)
 
         def one(v):
             amps, means, covs = gs.cls._jax_mog(gs, v, ctx)
@@ -185,56 +212,62 @@ class Compiled:
 
         return jax.vmap(one)(self.group_values(g, theta))
 
-    def stamp_fn(self, i, g):
-        """f(v (k,), image_vals, ox, oy) -> stamp (S, S) for one source of group g in image i."""
-        ip = self.plan.images[i]
+    def stamp_fn(self, ig, g):
+        """f(v (k,), img_vals, ox, oy) -> stamp (Sy, Sx) of one source of group g."""
+        ip = self.plan.images[ig]
         gs = self.plan.groups[g].spec
-        S = 2 * ip.radii[g] + 1
+        Sy, Sx = ip.stamps[g]
 
         def f(v, img_vals, ox, oy):
             ctx = ImageContext(ip.spec, img_vals)
             amps, means, covs = gs.cls._jax_mog(gs, v, ctx)
             A, M, C = mog.convolve(amps, means, covs, *ctx.psf_mog())
-            return mog.eval_stamp(A, M, C, ox, oy, S)
+            return mog.eval_stamp(A, M, C, ox, oy, Sy, Sx)
 
         return f
 
-    def group_origins(self, i, g, theta):
-        ip = self.plan.images[i]
-        _, _, _, cx, cy = self.source_mog(i, g, theta)
-        ox, oy = mog.stamp_origin(cx, cy, ip.radii[g], *ip.shape)
+    def group_origins(self, ig, g, img_vals, theta):
+        ip = self.plan.images[ig]
+        _, _, _, cx, cy = self.source_mog(ig, g, img_vals, theta)
+        ox, oy = mog.stamp_origin(cx, cy, *ip.stamps[g], *ip.shape)
         return ox, oy, cx, cy
 
-    def group_stamps(self, i, g, theta):
-        """(stamps (n, S, S), ox (n,), oy (n,)) of group g in image i."""
-        ip = self.plan.images[i]
-        amps, means, covs, cx, cy = self.source_mog(i, g, theta)
-        ox, oy = mog.stamp_origin(cx, cy, ip.radii[g], *ip.shape)
-        A, M, C = mog.convolve(amps, means, covs, *self.image_context(i, theta).psf_mog())
-        S = 2 * ip.radii[g] + 1
-        stamps = jax.vmap(mog.eval_stamp, (0, 0, 0, 0, 0, None))(A, M, C, ox, oy, S)
+    def group_stamps(self, ig, g, img_vals, theta):
+        """(stamps (n, Sy, Sx), ox (n,), oy (n,)) of source group g in one image."""
+        ip = self.plan.images[ig]
+        amps, means, covs, cx, cy = self.source_mog(ig, g, img_vals, theta)
+        Sy, Sx = ip.stamps[g]
+        ox, oy = mog.stamp_origin(cx, cy, Sy, Sx, *ip.shape)
+        ctx = ImageContext(ip.spec, img_vals)
+        A, M, C = mog.convolve(amps, means, covs, *ctx.psf_mog())
+        stamps = jax.vmap(mog.eval_stamp, (0, 0, 0, 0, 0, None, None))(A, M, C, ox, oy, Sy, Sx)
         return stamps, ox, oy
 
-    def model_image(self, i, theta, src_on=None, sky_on=1.0):
-        """Model image i (H, W); ``src_on`` (n_src,) and ``sky_on`` scale sources and sky."""
-        ip = self.plan.images[i]
+    def model_image(self, ig, img_vals, theta, src_on=None, sky_on=1.0):
+        """Model (H, W) of one image of group ig; ``src_on`` (n_src,) and ``sky_on`` scale
+        sources and sky."""
+        ip = self.plan.images[ig]
         model = jnp.zeros(ip.shape, theta.dtype)
         for g, gp in enumerate(self.plan.groups):
-            stamps, ox, oy = self.group_stamps(i, g, theta)
+            stamps, ox, oy = self.group_stamps(ig, g, img_vals, theta)
             if src_on is not None:
                 stamps = stamps * src_on[np.asarray(gp.members)][:, None, None]
-            model = mog.add_stamps(model, stamps, ox, oy, ip.pad)
-        return model + sky_on * self.image_context(i, theta).sky()
+            model = mog.add_stamps(model, stamps, ox, oy)
+        return model + sky_on * ImageContext(ip.spec, img_vals).sky()
+
+    def model_images(self, ig, theta, src_on=None, sky_on=1.0):
+        """(n_members, H, W) models of image group ig."""
+        return jax.vmap(lambda iv: self.model_image(ig, iv, theta, src_on, sky_on))(
+            self.image_values(ig, theta))
 
     # --- jitted entry points ---
     def _render(self, theta, src_on, sky_on):
-        return tuple(self.model_image(i, theta, src_on, sky_on) for i in range(len(self.plan.images)))
+        return tuple(self.model_images(ig, theta, src_on, sky_on)
+                     for ig in range(len(self.plan.images)))
 
     def _chis(self, theta, data, weights):
-        return tuple(
-            (d - self.model_image(i, theta)) * w
-            for i, (d, w) in enumerate(zip(data, weights))
-        )
+        return tuple((d - self.model_images(ig, theta)) * w
+                     for ig, (d, w) in enumerate(zip(data, weights)))
 
     def _loglik(self, theta, data, weights):
         return -0.5 * sum(jnp.sum(c * c) for c in self._chis(theta, data, weights))
@@ -242,16 +275,17 @@ class Compiled:
     def legal(self, theta):
         """True if every image calibration and source is in its legal domain."""
         ok = jnp.asarray(True)
-        for ip in self.plan.images:
-            ok = ok & spec_legal(ip.spec, theta[ip.offset : ip.offset + ip.spec.size])
+        for ig, ip in enumerate(self.plan.images):
+            ok = ok & jnp.all(jax.vmap(lambda v, s=ip.spec: spec_legal(s, v))(
+                self.image_values(ig, theta)))
         for g, gp in enumerate(self.plan.groups):
             ok = ok & jnp.all(jax.vmap(lambda v, s=gp.spec: spec_legal(s, v))(
                 self.group_values(g, theta)))
         return ok
 
     def _origins(self, theta):
-        """Per image, per group: (ox, oy, cx, cy) stamp origins and source centres (pixels)."""
+        """Per image group, per source group: (ox, oy, cx, cy), each (n_images, n_sources)."""
         return tuple(
-            tuple(self.group_origins(i, g, theta) for g in range(len(self.plan.groups)))
-            for i in range(len(self.plan.images))
-        )
+            tuple(jax.vmap(lambda iv, g=g, ig=ig: self.group_origins(ig, g, iv, theta))(
+                self.image_values(ig, theta)) for g in range(len(self.plan.groups)))
+            for ig in range(len(self.plan.images)))

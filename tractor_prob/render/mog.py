@@ -40,13 +40,15 @@ def convolve(amps, means, covs, psf_amps, psf_means, psf_covs):
     return a.reshape(batch + (n,)), m.reshape(batch + (n, 2)), c.reshape(batch + (n, 2, 2))
 
 
-def eval_stamp(amps, means, covs, ox, oy, size: int):
-    """Evaluate a MoG on the pixel centres of a ``size`` x ``size`` stamp.
+def eval_stamp(amps, means, covs, ox, oy, size: int, size_x: int | None = None):
+    """Evaluate a MoG on the pixel centres of a stamp of ``size`` rows and ``size_x`` columns.
 
     ``ox, oy`` (integers) are the pixel coordinates of the stamp's first
-    column and row.  Returns (size, size) counts per pixel, indexed [y, x].
+    column and row; ``size_x`` defaults to ``size`` (square).  Returns
+    (size, size_x) counts per pixel, indexed [y, x].
     """
-    xs = ox + jnp.arange(size, dtype=means.dtype)
+    sx = size if size_x is None else size_x
+    xs = ox + jnp.arange(sx, dtype=means.dtype)
     ys = oy + jnp.arange(size, dtype=means.dtype)
     dx = xs[None, None, :] - means[:, 0, None, None]
     dy = ys[None, :, None] - means[:, 1, None, None]
@@ -58,47 +60,44 @@ def eval_stamp(amps, means, covs, ox, oy, size: int):
     return jnp.sum(norm[:, None, None] * jnp.exp(-0.5 * q), axis=0)
 
 
-def stamp_origin(cx, cy, radius: int, height: int, width: int):
-    """Integer origin (ox, oy) of a stamp of radius ``radius`` centred near (cx, cy).
+def stamp_origin(cx, cy, size_y: int, size_x: int, height: int, width: int):
+    """Integer origin (ox, oy) of a (size_y, size_x) stamp centred near (cx, cy).
 
-    The centre is clipped to the image so that stamps of sources off the image
-    stay in the padding margin of ``add_stamps`` (where they are discarded).
-    ``lax.dynamic_slice``-style negative-index wrapping never happens: origins
-    are clipped here explicitly.
+    The origin is clipped so that the stamp lies inside the (height, width)
+    image (stamps are never larger than the image).  This loses nothing: a
+    stamp of half-size R covers every image pixel within R of its source.
+    Stamps of sources off the image sit at the edge and hold the source's
+    (faint) wing there.  Origins are clipped explicitly, so no negative index
+    ever wraps around.
     """
     cx = jax.lax.stop_gradient(cx)
     cy = jax.lax.stop_gradient(cy)
-    ix = jnp.clip(jnp.round(cx), 0, width - 1).astype(jnp.int32)
-    iy = jnp.clip(jnp.round(cy), 0, height - 1).astype(jnp.int32)
-    return ix - radius, iy - radius
+    ix = jnp.clip(jnp.round(cx).astype(jnp.int32) - size_x // 2, 0, width - size_x)
+    iy = jnp.clip(jnp.round(cy).astype(jnp.int32) - size_y // 2, 0, height - size_y)
+    return ix, iy
 
 
-def add_stamps(image, stamps, ox, oy, pad: int):
-    """Scatter-add stamps (n, S, S) at origins (n,) into ``image`` (H, W).
+def add_stamps(image, stamps, ox, oy):
+    """Scatter-add stamps (n, Sy, Sx) at origins (n,) into ``image`` (H, W).
 
-    ``pad`` must be >= the stamp radius; pixels falling outside the image are
-    dropped.  Overlapping stamps add.
+    Overlapping stamps add.  Pixels falling outside the image are dropped
+    (``stamp_origin`` never produces any; this is a safety net).
     """
     H, W = image.shape
-    S = stamps.shape[-1]
-    padded = jnp.zeros((H + 2 * pad, W + 2 * pad), image.dtype)
-    r = jnp.arange(S)
-    rows = (oy + pad)[:, None, None] + r[None, :, None]
-    cols = (ox + pad)[:, None, None] + r[None, None, :]
-    padded = padded.at[rows, cols].add(stamps)
-    return image + padded[pad : pad + H, pad : pad + W]
+    Sy, Sx = stamps.shape[-2:]
+    rows = oy[:, None, None] + jnp.arange(Sy)[None, :, None]
+    cols = ox[:, None, None] + jnp.arange(Sx)[None, None, :]
+    # negative indices would wrap (numpy-style): send them out of bounds, where they drop
+    rows = jnp.where(rows < 0, H, rows)
+    cols = jnp.where(cols < 0, W, cols)
+    return image.at[rows, cols].add(stamps, mode="drop")
 
 
-def gather_stamps(image, ox, oy, size: int):
-    """Read ``image`` (H, W, ...) on stamps of side ``size`` at origins (n,): (n, S, S, ...).
+def gather_stamps(image, ox, oy, size_y: int, size_x: int):
+    """Read ``image`` (H, W, ...) on (size_y, size_x) stamps at origins (n,): (n, Sy, Sx, ...).
 
-    Pixels outside the image read as 0.
+    Origins must keep the stamps inside the image (as ``stamp_origin`` does).
     """
-    H, W = image.shape[:2]
-    r = jnp.arange(size)
-    rows = oy[:, None, None] + r[None, :, None]
-    cols = ox[:, None, None] + r[None, None, :]
-    inside = (rows >= 0) & (rows < H) & (cols >= 0) & (cols < W)
-    vals = image[jnp.clip(rows, 0, H - 1), jnp.clip(cols, 0, W - 1)]
-    inside = inside.reshape(inside.shape + (1,) * (image.ndim - 2))
-    return jnp.where(inside, vals, 0.0)
+    rows = oy[:, None, None] + jnp.arange(size_y)[None, :, None]
+    cols = ox[:, None, None] + jnp.arange(size_x)[None, None, :]
+    return image[rows, cols]

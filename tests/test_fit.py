@@ -1,0 +1,549 @@
+"""Derivatives, the Gauss-Newton system, and fitting (``tractor_prob.fit`` / ``Tractor.optimize``).
+
+References: central finite differences of ``getModelImage``; a dense ``jax.jacfwd`` of the
+full model images (no stamps, no pair lists); Fisher matrices built with numpy from the
+analytic derivatives of Gaussians; the truths of simulated data; astropy's WCS.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from astropy.wcs import WCS
+from scipy.stats import chi2
+
+from tractor_prob import (
+    ConstantSky,
+    FitsWcs,
+    Flux,
+    Fluxes,
+    GaussianMixturePSF,
+    Image,
+    LinearPhotoCal,
+    Mags,
+    MagsPhotoCal,
+    NanoMaggies,
+    NCircularGaussianPSF,
+    NullWCS,
+    PixPos,
+    PointSource,
+    RaDecPos,
+    Tan,
+    Tractor,
+)
+
+
+# --------------------------------------------------------------------------- helpers
+def gauss(xx, yy, x0, y0, s):
+    """Unit-flux circular Gaussian of sigma s (pixels) at pixel centres."""
+    return np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * s * s)) / (2 * np.pi * s * s)
+
+
+def grid(shape):
+    H, W = shape
+    yy, xx = np.mgrid[:H, :W]
+    return xx.astype(float), yy.astype(float)
+
+
+def rot_cd(scale_arcsec, theta_deg):
+    t = np.deg2rad(theta_deg)
+    s = scale_arcsec / 3600.0
+    return s * np.array([[-np.cos(t), np.sin(t)], [np.sin(t), np.cos(t)]])
+
+
+def tan_pair(crval, crpix, cd, W, H):
+    """(our Tan, astropy WCS) of the same TAN header."""
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = crval
+    w.wcs.crpix = crpix
+    w.wcs.cd = cd
+    return Tan(*crval, *crpix, *np.asarray(cd).ravel(), W, H), w
+
+
+def pow2(h):
+    """Largest power of two <= h: p +- k h is then exact for the values used here,
+    so the finite-difference steps are exactly the intended ones."""
+    return 2.0 ** np.floor(np.log2(h))
+
+
+def fd_model_derivs(tr, t, h):
+    """Five-point central difference (error O(h^4)) of every model image w.r.t. thawed
+    parameter t, by setParams + getModelImage."""
+    p0 = list(tr.getParams())
+    imgs = {}
+    for k in (-2, -1, 1, 2):
+        p = list(p0)
+        p[t] = p0[t] + k * h
+        assert p[t] - p0[t] == k * h
+        tr.setParams(p)
+        imgs[k] = [tr.getModelImage(i) for i in range(tr.getNImages())]
+    tr.setParams(p0)
+    # differences first: exact zeros stay zero, and less round-off
+    return [(8 * (imgs[1][i] - imgs[-1][i]) - (imgs[2][i] - imgs[-2][i])) / (12 * h)
+            for i in range(tr.getNImages())]
+
+
+def check_derivs_against_fd(tr, step_of, rtol=1e-6):
+    names = tr.getParamNames()
+    derivs = tr.getDerivs()
+    assert len(derivs) == len(names) == tr.numberOfParams()
+    images = list(tr.getImages())
+    for t, name in enumerate(names):
+        fd = fd_model_derivs(tr, t, pow2(step_of(name)))
+        ad = [np.zeros(im.shape) for im in images]
+        seen = set()
+        for patch, img in derivs[t]:
+            i = next(j for j, im in enumerate(images) if im is img)
+            assert i not in seen
+            seen.add(i)
+            patch.addTo(ad[i])
+        scale = max(max(np.abs(a).max() for a in ad), max(np.abs(f).max() for f in fd))
+        if scale == 0:  # e.g. the g-band flux of a source seen only in r images
+            continue
+        for i in range(len(images)):
+            # whole image: the patch is right, and nothing outside it moves
+            err = np.abs(ad[i] - fd[i]).max()
+            assert err <= rtol * scale, (name, i, err / scale)
+
+
+def pixel_steps(pixscale_arcsec):
+    """Finite-difference steps (rounded down to powers of two): 1e-2 pixel for positions,
+    also for RA/Dec/CRVAL expressed in degrees (the stencil's O(h^4) error is then ~1e-10
+    relative, and the float64 round-off of RA ~ 150 deg, ~4e-10 pixel, stays ~1e-8 of the
+    derivative); 2e-4 in their own units for fluxes, magnitudes, sky and PSF widths
+    (1e-7 to 1e-4 relative)."""
+    deg = 1e-2 * pixscale_arcsec / 3600.0
+
+    def step(name):
+        last = name.rsplit(".", 1)[-1]
+        if last in ("x", "y"):
+            return 1e-2
+        if last in ("ra", "dec", "crval1", "crval2"):
+            return deg
+        return 2e-4
+    return step
+
+
+# --------------------------------------------------------------------------- gradients
+def test_derivs_pixpos_flux():
+    H, W = 30, 34
+    psf = NCircularGaussianPSF([1.7, 3.4], [0.8, 0.2])
+    img = Image(data=np.zeros((H, W)), invvar=np.ones((H, W)), psf=psf)
+    # positions are kept away from half-integers so the stamp origins do not move
+    srcs = [PointSource(PixPos(12.3, 14.8), Flux(700.0)),
+            PointSource(PixPos(1.2, 27.7), Flux(300.0))]  # stamp hangs over two edges
+    tr = Tractor([img], srcs)
+    tr.freezeParam("images")
+    assert tr.getParamNames() == ["source0.pos.x", "source0.pos.y", "source0.brightness.Flux",
+                                  "source1.pos.x", "source1.pos.y", "source1.brightness.Flux"]
+    check_derivs_against_fd(tr, pixel_steps(1.0))
+
+
+def _radec_scene(pixscale=0.262, n_images=2):
+    """Two images (bands r, g) with different TAN WCSs; RaDecPos + NanoMaggies sources.
+    ``n_images=1`` keeps the r image only."""
+    H, W = 36, 40
+    t0, w0 = tan_pair((150.1, 2.2), (20.5, 18.5), rot_cd(pixscale, 10.0), W, H)
+    t1, w1 = tan_pair((150.1003, 2.1998), (24.0, 15.5), rot_cd(pixscale, -25.0), W, H)
+    imgs = [
+        Image(data=np.zeros((H, W)), invvar=np.ones((H, W)),
+              psf=NCircularGaussianPSF([1.9], [1.0]), wcs=FitsWcs(t0),
+              photocal=LinearPhotoCal(150.0, band="r")),
+        Image(data=np.zeros((H, W)), invvar=np.full((H, W), 4.0),
+              psf=GaussianMixturePSF([0.7, 0.3], [[0, 0], [0.3, -0.2]],
+                                     [[[3.5, 0.0], [0.0, 3.5]], [[7.0, 1.5], [1.5, 5.0]]]),
+              wcs=FitsWcs(t1), photocal=LinearPhotoCal(90.0, band="g")),
+    ]
+    srcs = []
+    for (x, y), (fr, fg) in [((18.2, 17.3), (5.0, 3.0)), ((22.7, 13.8), (2.0, 4.0))]:
+        ra, dec = w0.all_pix2world(x, y, 0)
+        srcs.append(PointSource(RaDecPos(float(ra), float(dec)), NanoMaggies(r=fr, g=fg)))
+    return Tractor(imgs[:n_images], srcs), (w0, w1)[:n_images]
+
+
+def _assert_origins_stay(tr, wcss):
+    """Stamp origins (rounded centres) must not move within the +-0.02 pixel reach of the
+    stencil, or the finite differences would see stamps jump."""
+    for s in tr.catalog:
+        for w in wcss:
+            x, y = w.all_world2pix(s.pos.ra, s.pos.dec, 0)
+            assert min(abs(x % 1 - 0.5), abs(y % 1 - 0.5)) > 0.025
+
+
+def test_derivs_radecpos_nanomaggies_tan():
+    tr, wcss = _radec_scene()
+    tr.freezeParam("images")
+    _assert_origins_stay(tr, wcss)
+    check_derivs_against_fd(tr, pixel_steps(0.262))
+
+
+def test_derivs_mags_magsphotocal():
+    H, W = 28, 30
+    img = Image(data=np.zeros((H, W)), invvar=np.ones((H, W)),
+                psf=NCircularGaussianPSF([2.1], [1.0]), photocal=MagsPhotoCal("r", 25.0))
+    srcs = [PointSource(PixPos(13.3, 12.9), Mags(r=18.7, g=19.2)),
+            PointSource(PixPos(16.8, 15.2), Mags(r=19.9, g=19.0))]
+    tr = Tractor([img], srcs)
+    tr.freezeParam("images")
+    check_derivs_against_fd(tr, pixel_steps(1.0))
+
+
+def test_derivs_image_params_sky_psf_crval():
+    tr, wcss = _radec_scene(pixscale=1.0, n_images=1)
+    _assert_origins_stay(tr, wcss)
+    img = tr.getImage(0)
+    img.sky = ConstantSky(4.0)  # thawed
+    img.freezeParam("photocal")
+    img.psf.freezeParam("weights")
+    names = tr.getParamNames()
+    assert names[:4] == ["image0.psf.sigmas.param0", "image0.wcs.crval1", "image0.wcs.crval2",
+                         "image0.sky.sky"]
+    check_derivs_against_fd(tr, pixel_steps(1.0))
+
+
+# --------------------------------------------------------------------------- normal matrix
+def _blended_field(n_images=2, seed=0):
+    """Two images (two PSF kinds, two TAN WCSs, two bands), ten blended stars of two
+    source kinds (RaDecPos+NanoMaggies, PixPos+Fluxes) with overlapping stamps, thawed
+    skies and one thawed PSF width; masked and non-uniform inverse variances.
+    ``n_images=1`` keeps only the first image (cheaper to compile)."""
+    rng = np.random.default_rng(seed)
+    H, W = 40, 46
+    t0, w0 = tan_pair((30.0, -12.5), (22.5, 20.5), rot_cd(1.0, 15.0), W, H)
+    t1, _ = tan_pair((30.0002, -12.4999), (24.0, 18.0), rot_cd(1.0, -20.0), W, H)
+    ivs = []
+    for _ in range(2):
+        iv = rng.uniform(0.5, 2.0, (H, W))
+        iv[rng.random((H, W)) < 0.05] = 0.0  # masked pixels
+        ivs.append(iv)
+    psf0 = NCircularGaussianPSF([1.7, 3.2], [0.8, 0.2])
+    psf0.freezeParam("weights")
+    psf0.sigmas.freezeParam(1)
+    psf1 = GaussianMixturePSF([0.7, 0.3], [[0, 0], [0.3, -0.2]],
+                              [[[3.5, 0.0], [0.0, 3.5]], [[7.0, 1.5], [1.5, 5.0]]])
+    psf1.freezeAllParams()
+    imgs = [Image(data=rng.normal(5.0, 1.0, (H, W)), invvar=ivs[0], psf=psf0, wcs=FitsWcs(t0),
+                  photocal=LinearPhotoCal(100.0, band="r"), sky=ConstantSky(4.5)),
+            Image(data=rng.normal(3.0, 1.0, (H, W)), invvar=ivs[1], psf=psf1, wcs=FitsWcs(t1),
+                  photocal=LinearPhotoCal(60.0, band="g"), sky=ConstantSky(2.5))]
+    for im in imgs:
+        im.freezeParams("wcs", "photocal")
+    xy = [(18.2, 17.3), (21.1, 19.4), (23.7, 16.2), (19.6, 22.8), (25.3, 21.7), (1.3, 2.2),
+          (16.4, 14.1), (22.4, 24.6), (27.1, 18.3), (2.9, 4.1)]
+    srcs = []
+    for j, (x, y) in enumerate(xy):
+        if j % 2 == 0:
+            ra, dec = w0.all_pix2world(x, y, 0)
+            srcs.append(PointSource(RaDecPos(float(ra), float(dec)),
+                                    NanoMaggies(r=rng.uniform(2, 8), g=rng.uniform(2, 8))))
+        else:
+            srcs.append(PointSource(PixPos(x, y), Fluxes(r=rng.uniform(200, 800),
+                                                         g=rng.uniform(200, 800))))
+    tr = Tractor(imgs[:n_images], srcs)
+    tr.catalog[5].freezeParam("brightness")  # a partly frozen source
+    tr.addGaussianPrior("source3.brightness.r", 400.0, 30.0)
+    return tr
+
+
+@pytest.mark.parametrize("n_images", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_normal_matrix_equals_dense_jacobian(n_images):
+    tr = _blended_field(n_images)
+    fitter, theta, pairs, pri = tr._fit_inputs()
+    data, weights = tr._pixels(fitter.c)
+    A, g, lnp = (np.asarray(v) for v in fitter.system(theta, data, weights, pairs, pri))
+    nt = tr.numberOfParams()
+    assert A.shape == (nt, nt) and g.shape == (nt,)
+    names = tr.getParamNames()
+    assert "image0.psf.sigmas.param0" in names and f"image{n_images - 1}.sky.sky" in names
+    # the scene really has overlapping stamps, within and across source kinds
+    n_pairs = [int(v.sum()) for per_img in pairs for (_, _, v) in per_img]
+    assert all(n > 0 for n in n_pairs)
+
+    comp = fitter.c
+    T = jnp.asarray(fitter.T)
+    th0 = jnp.asarray(theta)
+
+    @jax.jit
+    def full_model(x):  # all pixels of all images, no stamps / pairs involved
+        th = th0.at[T].set(x)
+        return jnp.concatenate([comp.model_images(ig, th).ravel()
+                                for ig in range(len(comp.plan.images))])
+
+    J = np.asarray(jax.jacfwd(full_model)(th0[T]))  # (n_pixels, nt)
+    w = np.concatenate([np.asarray(wi).ravel() for wi in weights])
+    d = np.concatenate([np.asarray(di).ravel() for di in data])
+    r = d - np.asarray(full_model(th0[T]))
+    Jw = J * w[:, None]
+    A_ref = Jw.T @ Jw
+    g_ref = Jw.T @ (w * r)
+    # the Gaussian prior on source3.brightness.r
+    k = names.index("source3.brightness.r")
+    A_ref[k, k] += 1 / 30.0**2
+    g_ref[k] += (400.0 - tr.catalog[3].brightness.r) / 30.0**2
+
+    dA = np.sqrt(np.diag(A_ref))
+    # parameters the pixels do not see (g-band fluxes with only the r image): exact zeros
+    nz = dA > 0
+    blind = [n.endswith(".g") and n_images == 1 for n in names]
+    np.testing.assert_array_equal(~nz, blind)
+    assert np.all(A[~nz] == 0) and np.all(A[:, ~nz] == 0) and np.all(g[~nz] == 0)
+    dA = np.where(nz, dA, 1.0)
+    # |A_ij| <= sqrt(A_ii A_jj) (Cauchy-Schwarz) sets the scale of each entry
+    np.testing.assert_array_less(np.abs(A - A_ref), 1e-10 * np.outer(dA, dA))
+    # and |g_i| <= ||w J_i|| ||w r||
+    np.testing.assert_array_less(np.abs(g - g_ref), 1e-10 * dA * np.linalg.norm(w * r))
+    assert abs(lnp - tr.getLogProb()) < 1e-10 * abs(lnp)
+    lnl_ref = -0.5 * np.sum((w * r) ** 2)
+    assert abs(tr.getLogLikelihood() - lnl_ref) < 1e-10 * abs(lnl_ref)
+
+
+# --------------------------------------------------------------------------- optimize
+def _star_image(truth, shape=(31, 31), sigma_psf=2.0, sigma_n=1.0, seed=0, sky=0.0):
+    x, y, F = truth
+    xx, yy = grid(shape)
+    rng = np.random.default_rng(seed)
+    data = F * gauss(xx, yy, x, y, sigma_psf) + sky + rng.normal(0, sigma_n, shape)
+    return Image(data=data, invvar=np.full(shape, 1 / sigma_n**2),
+                 psf=NCircularGaussianPSF([sigma_psf], [1.0]))
+
+
+def test_optimize_contract():
+    truth = (15.3, 14.8, 500.0)
+    img = _star_image(truth)
+    img.sky = ConstantSky(0.3)
+    img.freezeParam("psf")
+    tr = Tractor([img], [PointSource(PixPos(15.8, 14.4), Flux(380.0))])
+    n = tr.numberOfParams()
+    assert n == 4
+    for _ in range(3):
+        lp0 = tr.getLogProb()
+        p0 = tr.getParams()
+        dlnp, X, alpha = tr.optimize()
+        assert dlnp > 0 and 0 < alpha <= 1
+        assert np.shape(X) == (n,)
+        assert abs((tr.getLogProb() - lp0) - dlnp) <= 1e-9 * abs(lp0)
+        np.testing.assert_allclose(np.array(tr.getParams()) - p0, alpha * np.asarray(X),
+                                   rtol=1e-12, atol=1e-12)
+    res = tr.optimize_loop()
+    assert res["converged"]
+    # at the optimum, steps stop improving: optimize then reports (0, X, 0) and leaves
+    # the parameters untouched (a few more calls may still gain round-off)
+    for _ in range(30):
+        p0 = tr.getParams()
+        dlnp, X, alpha = tr.optimize()
+        assert dlnp >= 0
+        if alpha == 0:
+            break
+    assert alpha == 0 and dlnp == 0
+    assert tr.getParams() == p0
+    dlnp, X, alpha = tr.optimize()
+    assert (dlnp, alpha) == (0, 0) and tr.getParams() == p0 and np.shape(X) == (n,)
+    assert tr.getParamNames() == ["image0.sky.sky", "source0.pos.x", "source0.pos.y",
+                                  "source0.brightness.Flux"]
+    sky, x, y, F = tr.getParams()
+    assert abs(x - truth[0]) < 0.2 and abs(y - truth[1]) < 0.2 and abs(F / truth[2] - 1) < 0.1
+
+
+def test_optimize_nothing_thawed():
+    img = _star_image((15.3, 14.8, 500.0))
+    tr = Tractor([img], [PointSource(PixPos(15.8, 14.4), Flux(380.0))])
+    tr.freezeParam("images")
+    tr.freezeParam("catalog")
+    dlnp, X, alpha = tr.optimize()
+    assert dlnp == 0 and len(X) == 0 and alpha == 0
+
+
+def test_gaussian_prior_pins_parameter():
+    truth = (15.3, 14.8, 500.0)
+    sigma_x = np.sqrt(8 * np.pi) * 2.0**2 / 500.0  # ~0.04 px (see the recovery tests)
+    mu = 15.8  # 12 data sigmas away from the truth: the data alone would fit x ~ 15.3
+    img = _star_image(truth, seed=4)
+    img.freezeParam("psf")
+    tr = Tractor([img], [PointSource(PixPos(15.6, 14.6), Flux(420.0))])
+    tr.addGaussianPrior("source0.pos.x", mu, 1e-6)
+    lp0 = tr.getLogProb()
+    dlnp, _, _ = tr.optimize()
+    assert abs(tr.getLogProb() - lp0 - dlnp) < 1e-9 * abs(lp0)  # dlnp includes the prior
+    assert tr.optimize_loop(dchisq=1e-8)["converged"]
+    x = tr.catalog[0].pos.x
+    assert abs(x - mu) < 1e-6  # pinned by the prior
+    assert abs(tr.catalog[0].pos.y - truth[1]) < 4 * sigma_x  # the others still fit
+    assert abs(tr.getLogProb() - tr.getLogLikelihood()
+               - (-0.5 * ((x - mu) / 1e-6) ** 2)) < 1e-6
+
+
+# --------------------------------------------------------------------------- recovery
+def _fisher_single(shape, x, y, F, s, sigma_n):
+    """Numpy Fisher matrix of (x, y, F) for one Gaussian star, from analytic derivatives
+    summed over the pixels."""
+    xx, yy = grid(shape)
+    g = gauss(xx, yy, x, y, s)
+    J = np.stack([F * g * (xx - x) / s**2, F * g * (yy - y) / s**2, g], -1).reshape(-1, 3)
+    return J.T @ J / sigma_n**2
+
+
+def _pull_stats_ok(pulls):
+    """Per column: mean within 3/sqrt(N), sd inside the chi-square 99% interval, max |pull| <= 4."""
+    N = pulls.shape[0]
+    lo, hi = np.sqrt(chi2.ppf([0.005, 0.995], N - 1) / (N - 1))
+    mean, sd = pulls.mean(0), pulls.std(0, ddof=1)
+    assert np.all(np.abs(mean) < 3 / np.sqrt(N)), mean
+    assert np.all((sd > lo) & (sd < hi)), (sd, lo, hi)
+    assert np.abs(pulls).max() <= 4, np.abs(pulls).max()
+
+
+def test_single_star_analytic_errors_hold_on_the_pixel_grid():
+    # the continuous-limit Fisher errors used below agree with pixel sums to < 1% for
+    # sigma_psf >= 1.5 px (here: to ~1e-10), anywhere in the pixel
+    for s in (1.5, 2.0):
+        for x, y in [(15.0, 15.0), (15.5, 14.5), (15.27, 14.81)]:
+            F, sn = 500.0, 1.3
+            cov = np.linalg.inv(_fisher_single((31, 31), x, y, F, s, sn))
+            sig = np.sqrt(np.diag(cov))
+            ana = [sn * np.sqrt(8 * np.pi) * s**2 / F] * 2 + [sn * np.sqrt(4 * np.pi) * s]
+            np.testing.assert_allclose(sig, ana, rtol=1e-2)
+
+
+@pytest.mark.slow
+def test_single_star_recovery_pulls():
+    N = 100
+    shape, s, sn = (31, 31), 2.0, 1.0
+    truth = np.array([15.3, 14.8, 500.0])
+    sig = np.array([sn * np.sqrt(8 * np.pi) * s**2 / truth[2]] * 2
+                   + [sn * np.sqrt(4 * np.pi) * s])
+    img = _star_image(tuple(truth), shape, s, sn, seed=0)
+    img.freezeParam("psf")
+    src = PointSource(PixPos(0.0, 0.0), Flux(1.0))
+    tr = Tractor([img], [src])
+    rng = np.random.default_rng(2024)
+    xx, yy = grid(shape)
+    clean = truth[2] * gauss(xx, yy, truth[0], truth[1], s)
+    pulls = []
+    for _ in range(N):
+        img.data = clean + rng.normal(0, sn, shape)
+        start = truth + rng.normal(0, 1, 3) * np.array([0.3, 0.3, 40.0])
+        tr.setParams(start)
+        assert tr.optimize_loop(dchisq=1e-6)["converged"]
+        pulls.append((np.array(tr.getParams()) - truth) / sig)
+    _pull_stats_ok(np.array(pulls))
+
+
+@pytest.mark.slow
+def test_blended_pair_two_images_recovery_pulls():
+    N = 100
+    shapes = [(31, 35), (29, 33)]
+    sigmas = [1.8, 2.5]
+    offsets = [(0.0, 0.0), (1.5, -2.0)]  # NullWCS(dx, dy) of each image
+    sns = [1.0, 0.7]
+    truth = np.array([14.2, 16.1, 600.0, 17.3, 15.2, 400.0])  # 3.2 px apart: blended
+
+    def clean(i, p):
+        xx, yy = grid(shapes[i])
+        dx, dy = offsets[i]
+        return sum(p[3 * k + 2] * gauss(xx, yy, p[3 * k] + dx, p[3 * k + 1] + dy, sigmas[i])
+                   for k in range(2))
+
+    # Fisher matrix from analytic derivatives, with numpy
+    Fm = np.zeros((6, 6))
+    for i in range(2):
+        xx, yy = grid(shapes[i])
+        dx, dy = offsets[i]
+        cols = []
+        for k in range(2):
+            x, y, F = truth[3 * k : 3 * k + 3]
+            g = gauss(xx, yy, x + dx, y + dy, sigmas[i])
+            s2 = sigmas[i] ** 2
+            cols += [F * g * (xx - x - dx) / s2, F * g * (yy - y - dy) / s2, g]
+        J = np.stack(cols, -1).reshape(-1, 6)
+        Fm += J.T @ J / sns[i] ** 2
+    sig = np.sqrt(np.diag(np.linalg.inv(Fm)))
+
+    imgs = [Image(data=clean(i, truth), invvar=np.full(shapes[i], 1 / sns[i] ** 2),
+                  psf=NCircularGaussianPSF([sigmas[i]], [1.0]), wcs=NullWCS(dx=offsets[i][0],
+                                                                        dy=offsets[i][1]))
+            for i in range(2)]
+    srcs = [PointSource(PixPos(0.0, 0.0), Flux(1.0)) for _ in range(2)]
+    tr = Tractor(imgs, srcs)
+    tr.freezeParam("images")
+    rng = np.random.default_rng(77)
+    cl = [clean(i, truth) for i in range(2)]
+    pulls = []
+    for _ in range(N):
+        for i in range(2):
+            imgs[i].data = cl[i] + rng.normal(0, sns[i], shapes[i])
+        start = truth + rng.normal(0, 1, 6) * np.array([0.2, 0.2, 30.0] * 2)
+        tr.setParams(start)
+        assert tr.optimize_loop(dchisq=1e-6)["converged"]
+        pulls.append((np.array(tr.getParams()) - truth) / sig)
+    _pull_stats_ok(np.array(pulls))
+
+
+@pytest.mark.slow
+def test_fit_psf_sigma_and_sky_with_star():
+    N = 60
+    shape, sn = (41, 41), 1.0
+    x0, y0, F, s, sky = 20.3, 19.8, 3000.0, 2.0, 10.0
+    xx, yy = grid(shape)
+    g = gauss(xx, yy, x0, y0, s)
+    r2 = (xx - x0) ** 2 + (yy - y0) ** 2
+    # Fisher matrix of (x, y, F, sigma, sky) from analytic derivatives
+    J = np.stack([F * g * (xx - x0) / s**2, F * g * (yy - y0) / s**2, g,
+                  F * g * (r2 / s**3 - 2 / s), np.ones(shape)], -1).reshape(-1, 5)
+    sig = np.sqrt(np.diag(np.linalg.inv(J.T @ J / sn**2)))
+    truth = np.array([x0, y0, F, s, sky])
+    psf = NCircularGaussianPSF([2.3], [1.0])
+    psf.freezeParam("weights")
+    img = Image(data=F * g + sky, invvar=np.full(shape, 1 / sn**2), psf=psf,
+                sky=ConstantSky(9.3))
+    tr = Tractor([img], [PointSource(PixPos(20.6, 19.5), Flux(2500.0))])
+    assert tr.getParamNames() == ["image0.psf.sigmas.param0", "image0.sky.sky",
+                                  "source0.pos.x", "source0.pos.y", "source0.brightness.Flux"]
+    start = tr.getParams()
+    rng = np.random.default_rng(5)
+    pulls = []
+    for _ in range(N):
+        img.data = F * g + sky + rng.normal(0, sn, shape)
+        tr.setParams(start)  # sigma 2.3 (truth 2.0), sky 9.3 (10), flux 2500 (3000)
+        assert tr.optimize_loop(dchisq=1e-8)["converged"]
+        s_fit, sky_fit, x, y, F_fit = tr.getParams()
+        pulls.append((np.array([x, y, F_fit, s_fit, sky_fit]) - truth) / sig)
+    pulls = np.array(pulls)
+    # each fit is within the noise-implied errors, and those errors are the right size
+    _pull_stats_ok(pulls)
+    assert np.mean(np.abs(pulls) < 3) > 0.98
+
+
+@pytest.mark.slow
+def test_fit_crval_from_star_field():
+    H, W = 80, 80
+    pixscale = 1.0
+    crval, crpix, cd = (30.0, -12.5), (40.5, 40.5), rot_cd(pixscale, 12.0)
+    tan_true, w_true = tan_pair(crval, crpix, cd, W, H)
+    rng = np.random.default_rng(9)
+    xy = np.column_stack([rng.uniform(8, W - 9, 10), rng.uniform(8, H - 9, 10)])
+    radec = w_true.all_pix2world(xy, 0)
+    xx, yy = grid((H, W))
+    F, s, sn = 5000.0, 2.0, 1.0
+    data = sum(F * gauss(xx, yy, x, y, s) for x, y in xy) + rng.normal(0, sn, (H, W))
+    # start: CRVAL off by about half a pixel in each direction
+    dra = 0.5 * pixscale / 3600.0 / np.cos(np.deg2rad(crval[1]))
+    ddec = -0.45 * pixscale / 3600.0
+    tan_off, _ = tan_pair((crval[0] + dra, crval[1] + ddec), crpix, cd, W, H)
+    psf = NCircularGaussianPSF([s], [1.0])
+    psf.freezeAllParams()
+    img = Image(data=data, invvar=np.full((H, W), 1 / sn**2), psf=psf, wcs=FitsWcs(tan_off))
+    tr = Tractor([img], [PointSource(RaDecPos(*map(float, rd)), Flux(F)) for rd in radec])
+    tr.freezeParam("catalog")
+    assert tr.getParamNames() == ["image0.wcs.crval1", "image0.wcs.crval2"]
+
+    def max_pixel_error():
+        fw = tr.getImage(0).wcs
+        _, w_fit = tan_pair((fw.crval1, fw.crval2), crpix, cd, W, H)
+        pts = np.vstack([radec, w_true.all_pix2world([[0, 0], [W - 1, H - 1]], 0)])
+        return np.abs(w_fit.all_world2pix(pts, 0) - w_true.all_world2pix(pts, 0)).max()
+
+    assert max_pixel_error() > 0.4
+    assert tr.optimize_loop(dchisq=1e-6)["converged"]
+    # 10 stars of S/N ~ 350: the noise-implied error is ~1.3e-3 pixel per axis
+    assert max_pixel_error() < 0.02
