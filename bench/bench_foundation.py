@@ -104,10 +104,12 @@ def case_two_stars(nrep):
                 final=list(map(float, p)), err=errs, lnp_fit=tractor.getLogProb())
 
 
-def make_big_stars(seed=1):
-    """The scene of bench_big.py --ngal 0 --psf mog --wcs tan, same random draws."""
+def make_big_stars(seed=1, ngal=0):
+    """The scene of bench_big.py --ngal NGAL --psf mog --wcs tan, with the same random draws
+    (NGAL/2 ExpGalaxy then NGAL/2 DevGalaxy, EllipseE shapes)."""
     from tractor_prob import (ConstantFitsWcs, ConstantSky, GaussianMixturePSF, Image,
                               LinearPhotoCal, NanoMaggies, PointSource, RaDecPos, Tan, Tractor)
+    from tractor_prob.galaxy import DevGalaxy, EllipseE, ExpGalaxy
 
     rng = np.random.RandomState(seed)
     W = H = 256
@@ -133,10 +135,18 @@ def make_big_stars(seed=1):
                 out.append((x, y))
         return out
 
+    xy_ps = rand_xy(50, [])
+    xy_gal = rand_xy(ngal, xy_ps, minsep=8.0)
     truth = []
-    for x, y in rand_xy(50, []):
+    for x, y in xy_ps:
         f = float(np.exp(rng.uniform(np.log(100.0), np.log(3000.0))))
         truth.append(PointSource(mkpos(x, y), NanoMaggies(r=f)))
+    for i, (x, y) in enumerate(xy_gal):
+        f = float(np.exp(rng.uniform(np.log(500.0), np.log(5000.0))))
+        re = float(rng.uniform(0.5, 1.5))
+        e1, e2 = rng.uniform(-0.3, 0.3, size=2)
+        cls = ExpGalaxy if i < ngal // 2 else DevGalaxy
+        truth.append(cls(mkpos(x, y), NanoMaggies(r=f), EllipseE(re, float(e1), float(e2))))
     model_true = Tractor([tim], [s.copy() for s in truth]).getModelImage(0)
     tim.data = (model_true + rng.normal(size=(H, W))).astype(np.float32)
     start = []
@@ -145,6 +155,10 @@ def make_big_stars(seed=1):
         x, y = wcs.positionToPixel(s.pos)
         c.pos = mkpos(x + rng.normal(0, 0.5), y + rng.normal(0, 0.5))
         c.brightness = NanoMaggies(r=float(s.brightness.r * (1 + rng.normal(0, 0.1))))
+        if hasattr(c, "shape"):
+            e1 = float(np.clip(s.shape.e1 + rng.normal(0, 0.05), -0.6, 0.6))
+            e2 = float(np.clip(s.shape.e2 + rng.normal(0, 0.05), -0.6, 0.6))
+            c.shape = EllipseE(float(s.shape.re * (1 + rng.normal(0, 0.1))), e1, e2)
         start.append(c)
     return tim, truth, start, wcs
 

@@ -37,8 +37,12 @@ PAIR_MARGIN = 2
 ALPHAS = (1.0, 0.5, 0.25, 0.1, 0.03, 0.01, 1e-3, 1e-4)
 
 
-def _bucket(n: int) -> int:
-    return 0 if n == 0 else max(8, 1 << math.ceil(math.log2(n)))
+def _bucket(n: int, possible: bool) -> int:
+    """Padded length of a pair list: a power of two >= 8 (0 only if no pair can exist), so
+    that sources drifting into or out of overlap rarely change shapes (and retrace)."""
+    if not possible:
+        return 0
+    return max(8, 1 << math.ceil(math.log2(max(n, 1))))
 
 
 def build_pairs(plan, origins, source_free):
@@ -70,7 +74,8 @@ def build_pairs(plan, origins, source_free):
                     if g1 == g2:
                         ok &= np.triu(np.ones_like(ok), k=1)
                     found.append(np.nonzero(ok))
-                n = _bucket(max(len(p[0]) for p in found))
+                possible = bool(f1.any() and f2.any()) and (g1 != g2 or f1.sum() >= 2)
+                n = _bucket(max(len(p[0]) for p in found), possible)
                 p1 = np.zeros((len(found), n), np.int32)
                 p2 = np.zeros((len(found), n), np.int32)
                 valid = np.zeros((len(found), n))
@@ -239,24 +244,12 @@ class Fitter:
                 k += 1
                 if stamps[g1] is None or stamps[g2] is None or p1.shape[0] == 0:
                     continue
-                J1, ox1, oy1, c1 = stamps[g1]
-                J2, ox2, oy2, c2 = stamps[g2]
-                Sy1, Sx1 = J1.shape[1:3]
-                Sy2, Sx2 = J2.shape[1:3]
-                Ja, Jb = J1[p1], J2[p2]
-                dx = ox2[p2] - ox1[p1]
-                dy = oy2[p2] - oy1[p1]
-                rows = jnp.arange(Sy1)[None, :] - dy[:, None]  # row in stamp b of each row of a
-                cols = jnp.arange(Sx1)[None, :] - dx[:, None]
-                ok = (((rows >= 0) & (rows < Sy2))[:, :, None]
-                      & ((cols >= 0) & (cols < Sx2))[:, None, :]
-                      & (valid[:, None, None] > 0))
-                P = jnp.arange(p1.shape[0])[:, None, None]
-                Jb_shift = Jb[P, jnp.clip(rows, 0, Sy2 - 1)[:, :, None],
-                              jnp.clip(cols, 0, Sx2 - 1)[:, None, :]]
-                Jb_shift = jnp.where(ok[..., None], Jb_shift, 0.0)
-                B = jnp.einsum("pyxa,pyxb->pab", Ja, Jb_shift)
-                ca, cb = jnp.asarray(c1)[p1], jnp.asarray(c2)[p2]
+                a, b = stamps[g1], stamps[g2]
+                pa, pb = p1, p2
+                if a[0].shape[1] * a[0].shape[2] > b[0].shape[1] * b[0].shape[2]:
+                    a, b, pa, pb = b, a, p2, p1  # sum over the smaller stamp's pixels
+                B = _pair_blocks(a, b, pa, pb, valid)
+                ca, cb = jnp.asarray(a[3])[pa], jnp.asarray(b[3])[pb]
                 A = A.at[ca[:, :, None], cb[:, None, :]].add(B)
                 A = A.at[cb[:, :, None], ca[:, None, :]].add(jnp.swapaxes(B, 1, 2))
         return A
@@ -315,6 +308,29 @@ class Fitter:
             return (np.zeros(0, np.int32), np.zeros(0), np.ones(0))
         idx, mu, sig = zip(*rows)
         return (np.asarray(idx, np.int32), np.asarray(mu, float), np.asarray(sig, float))
+
+
+def _pair_blocks(a, b, pa, pb, valid):
+    """sum over stamp a's pixels of Ja^T Jb for the listed pairs: (P, ka, kb).
+
+    ``a``, ``b``: (weighted J (n, Sy, Sx, k), ox, oy, cols) of two source groups;
+    stamp b's Jacobian is read at stamp a's pixels (0 where b has no stamp).
+    """
+    Ja, oxa, oya, _ = a
+    Jb, oxb, oyb, _ = b
+    Sya, Sxa = Ja.shape[1:3]
+    Syb, Sxb = Jb.shape[1:3]
+    dx = oxb[pb] - oxa[pa]
+    dy = oyb[pb] - oya[pa]
+    rows = jnp.arange(Sya)[None, :] - dy[:, None]  # row in stamp b of each row of stamp a
+    cols = jnp.arange(Sxa)[None, :] - dx[:, None]
+    ok = (((rows >= 0) & (rows < Syb))[:, :, None]
+          & ((cols >= 0) & (cols < Sxb))[:, None, :]
+          & (valid[:, None, None] > 0))
+    Jb_shift = Jb[pb[:, None, None], jnp.clip(rows, 0, Syb - 1)[:, :, None],
+                  jnp.clip(cols, 0, Sxb - 1)[:, None, :]]
+    Jb_shift = jnp.where(ok[..., None], Jb_shift, 0.0)
+    return jnp.einsum("pyxa,pyxb->pab", Ja[pa], Jb_shift)
 
 
 def solve_normal(A, g, damp=0.0):

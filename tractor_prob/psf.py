@@ -14,36 +14,43 @@ from .params import MultiParams, ParamList
 
 __all__ = ["NCircularGaussianPSF", "GaussianMixturePSF"]
 
-#: A source's stamp holds every pixel where its model exceeds STAMP_TOL times
-#: the image's typical pixel noise (what is cut changes chi^2 by < 1e-6 per
-#: pixel) ...
-STAMP_TOL = 1e-3
-#: ... but extends at least STAMP_NSIGMA_MIN and at most STAMP_NSIGMA_MAX of the
-#: widest PSF sigma; without a flux, STAMP_NSIGMA (a Gaussian loses exp(-18) =
-#: 1.5e-8 of its flux outside 6 sigma).
+#: A source's stamp is cut where what it leaves out would change chi^2 by less
+#: than STAMP_CHI2 (at the true parameters: the log-likelihood by STAMP_CHI2/2):
+#: for a Gaussian component of peak p (in units of the pixel noise) and
+#: variance s^2, the pixels beyond radius r hold chi^2 = p^2 pi s^2 exp(-r^2/s^2).
+STAMP_CHI2 = 0.01
+#: ... but a stamp extends at least STAMP_NSIGMA_MIN flux-weighted RMS sigmas of
+#: the profile (so model images hold > 98.9% of a faint source's flux) and at
+#: most STAMP_NSIGMA_MAX widest sigmas; without a flux, STAMP_NSIGMA widest sigmas
+#: (a Gaussian loses exp(-18) = 1.5e-8 of its flux outside 6 sigma).
 STAMP_NSIGMA_MIN, STAMP_NSIGMA, STAMP_NSIGMA_MAX = 3.0, 6.0, 8.0
 
 
 def mog_radius(amps, means, covs, flux=None, noise=None) -> float:
     """Stamp radius (pixels) of a MoG profile of total ``flux`` (counts) in pixel ``noise``.
 
-    The radius where the profile's upper envelope, sum_k |a_k| flux / (2 pi
-    sqrt(det C_k)) exp(-(r - |mu_k|)^2 / (2 lambda_max,k)), falls below
-    STAMP_TOL * noise, clipped to [STAMP_NSIGMA_MIN, STAMP_NSIGMA_MAX] widest
-    sigmas.  Without flux and noise: STAMP_NSIGMA widest sigmas.
+    The smallest radius r beyond which the profile's components carry less than
+    STAMP_CHI2 of chi^2: sum_k (a_k flux / (2 pi sqrt(det C_k) noise))^2 pi
+    sqrt(det C_k) exp(-(r - |mu_k|)^2 / lambda_max,k) <= STAMP_CHI2, clipped to
+    [STAMP_NSIGMA_MIN RMS sigmas, STAMP_NSIGMA_MAX widest sigmas].  Without flux
+    and noise: STAMP_NSIGMA widest sigmas.
     """
     amps = np.abs(np.asarray(amps, float))
-    lam = np.linalg.eigvalsh(np.asarray(covs, float)).max(axis=1)
-    det = np.linalg.det(np.asarray(covs, float))
+    covs = np.asarray(covs, float)
+    lam = np.linalg.eigvalsh(covs).max(axis=1)
+    det = np.linalg.det(covs)
     off = np.hypot(*np.asarray(means, float).T)
     smax = float(np.sqrt(lam.max()))
-    rmin, rmax = STAMP_NSIGMA_MIN * smax + off.max(), STAMP_NSIGMA_MAX * smax + off.max()
     if flux is None or noise is None or not noise > 0:
         return STAMP_NSIGMA * smax + float(off.max())
+    rms = float(np.sqrt(np.sum(amps * lam) / max(np.sum(amps), 1e-300)))
+    rmin = STAMP_NSIGMA_MIN * rms + float(off.max())
+    rmax = STAMP_NSIGMA_MAX * smax + float(off.max())
     r = np.arange(0.0, rmax + 0.5, 0.25)
     d = np.maximum(r[:, None] - off[None, :], 0.0)
-    prof = abs(flux) * np.sum(amps / (2 * np.pi * np.sqrt(det)) * np.exp(-0.5 * d**2 / lam), axis=1)
-    above = np.flatnonzero(prof >= STAMP_TOL * noise)
+    peak = amps * abs(flux) / (2 * np.pi * np.sqrt(det) * noise)
+    chi2_out = np.sum(peak**2 * np.pi * np.sqrt(det) * np.exp(-(d**2) / lam), axis=1)
+    above = np.flatnonzero(chi2_out > STAMP_CHI2)
     r_cut = r[above[-1]] + 0.25 if len(above) else 0.0
     return float(np.clip(r_cut, rmin, rmax))
 
