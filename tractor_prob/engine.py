@@ -194,32 +194,32 @@ class Tractor(MultiParams):
         fitter = get_fitter(comp, thawed)
         names = self.getParamNames()
         plan = comp.plan
-        per_image = {}  # image index -> list of (t, Patch)
-        for fg, (groups, Jc) in zip(fitter.fit_groups, fitter.derivs(theta)):
+        per_image = {}  # image index -> {t: Patch}
+        for fg, (units, Jc) in zip(fitter.fit_groups, fitter.derivs(theta)):
             ip = plan.images[fg.ig]
             H, W = ip.shape
             for n, pos in enumerate(fg.pos):
                 i = ip.members[pos]
-                items = per_image.setdefault(i, [])
+                items = per_image.setdefault(i, {})
                 if Jc is not None:
                     Jn = np.asarray(Jc[n])
                     for c, t in enumerate(fg.cal_t[n]):
-                        items.append((t, Patch(0, 0, Jn[:, :, c], f"d(image)/d({names[t]})")))
-                for g, sj in enumerate(groups):
+                        items[t] = Patch(0, 0, Jn[:, :, c], f"d(image)/d({names[t]})")
+                for u, sj in enumerate(units):
                     if sj is None:
                         continue
                     J, ox, oy = (np.asarray(a[n]) for a in sj)
-                    gp = plan.groups[g]
-                    label = gp.spec.cls.deriv_label
-                    for m, cols in enumerate(fitter.group_cols[g]):
+                    label = plan.groups[plan.units[u][0]].spec.cls.deriv_label
+                    for m, cols in enumerate(fitter.unit_cols[u]):
                         for k, t in enumerate(cols):
                             if t < fitter.nt:
                                 local = names[t].split(".", 1)[1]
-                                items.append((t, _clipped_patch(J[m, :, :, k], ox[m], oy[m], H, W,
-                                                                f"d({label})/d({local})")))
+                                p = _clipped_patch(J[m, :, :, k], ox[m], oy[m], H, W,
+                                                   f"d({label})/d({local})")
+                                items[t] = _merge_patches(items.get(t), p)
         out = [[] for _ in range(fitter.nt)]
         for i in range(plan.n_images):
-            for t, patch in per_image.get(i, []):
+            for t, patch in sorted(per_image.get(i, {}).items()):
                 out[t].append((patch, self.images.subs[i]))
         return out
 
@@ -237,9 +237,10 @@ class Tractor(MultiParams):
         on = np.zeros(plan.n_src, bool)
         for ig, ip in enumerate(plan.images):
             H, W = ip.shape
-            for g, gp in enumerate(plan.groups):
-                _, _, cx, cy = origins[ig][g]  # (n_images, n_sources)
-                ry, rx = (s // 2 for s in ip.stamps[g])
+            for u, (g, _) in enumerate(plan.units):
+                gp = plan.groups[g]
+                _, _, cx, cy = origins[ig][u]  # (n_images, n_sources)
+                ry, rx = (s // 2 for s in ip.stamps[u])
                 inside = (cx > -rx) & (cx < W - 1 + rx) & (cy > -ry) & (cy < H - 1 + ry)
                 on[np.asarray(gp.members)] |= inside.any(axis=0)
         bad = np.flatnonzero(free & ~on)
@@ -292,6 +293,19 @@ class Tractor(MultiParams):
             if dlnp < dchisq:
                 return dict(steps=step, dlnp=total, converged=True)
         return dict(steps=steps, dlnp=total, converged=False)
+
+
+def _merge_patches(a, b):
+    """Sum of two Patches (the parts of one source's derivative) on their joint extent."""
+    if a is None:
+        return b
+    x0, y0 = min(a.x0, b.x0), min(a.y0, b.y0)
+    x1 = max(a.x0 + a.getWidth(), b.x0 + b.getWidth())
+    y1 = max(a.y0 + a.getHeight(), b.y0 + b.getHeight())
+    out = np.zeros((y1 - y0, x1 - x0))
+    for p in (a, b):
+        out[p.y0 - y0 : p.y0 - y0 + p.getHeight(), p.x0 - x0 : p.x0 - x0 + p.getWidth()] += p.patch
+    return Patch(x0, y0, out, a.name)
 
 
 def _clipped_patch(arr, ox, oy, H, W, name):

@@ -46,35 +46,35 @@ def _bucket(n: int, possible: bool) -> int:
 
 
 def build_pairs(plan, origins, source_free):
-    """Pairs of sources whose stamps overlap, per image group and pair of source groups.
+    """Pairs of sources whose stamps overlap, per image group and pair of render units.
 
     ``origins``: what ``Compiled.origins`` returns (numpy); ``source_free``:
     bool (n_src,) whether a source has any thawed parameter.  Returns, per
-    image group, a tuple over (g1 <= g2) of (p1, p2, valid) arrays of shape
+    image group, a tuple over units (u1 <= u2) of (p1, p2, valid) arrays of shape
     (n_images_in_group, P), padded to a common power-of-two length P.
     """
     out = []
-    G = len(plan.groups)
+    U = len(plan.units)
     m = PAIR_MARGIN
     for ig, ip in enumerate(plan.images):
         per = []
-        for g1 in range(G):
-            for g2 in range(g1, G):
-                (Sy1, Sx1), (Sy2, Sx2) = ip.stamps[g1], ip.stamps[g2]
-                f1 = source_free[np.asarray(plan.groups[g1].members)]
-                f2 = source_free[np.asarray(plan.groups[g2].members)]
+        for u1 in range(U):
+            for u2 in range(u1, U):
+                (Sy1, Sx1), (Sy2, Sx2) = ip.stamps[u1], ip.stamps[u2]
+                f1 = source_free[np.asarray(plan.groups[plan.units[u1][0]].members)]
+                f2 = source_free[np.asarray(plan.groups[plan.units[u2][0]].members)]
                 found = []
                 for k in range(len(ip.members)):
-                    ox1, oy1 = origins[ig][g1][0][k], origins[ig][g1][1][k]
-                    ox2, oy2 = origins[ig][g2][0][k], origins[ig][g2][1][k]
+                    ox1, oy1 = origins[ig][u1][0][k], origins[ig][u1][1][k]
+                    ox2, oy2 = origins[ig][u2][0][k], origins[ig][u2][1][k]
                     dx = ox2[None, :] - ox1[:, None]
                     dy = oy2[None, :] - oy1[:, None]
                     ok = (dx < Sx1 + m) & (dx > -Sx2 - m) & (dy < Sy1 + m) & (dy > -Sy2 - m)
                     ok &= f1[:, None] & f2[None, :]
-                    if g1 == g2:
+                    if u1 == u2:
                         ok &= np.triu(np.ones_like(ok), k=1)
                     found.append(np.nonzero(ok))
-                possible = bool(f1.any() and f2.any()) and (g1 != g2 or f1.sum() >= 2)
+                possible = bool(f1.any() and f2.any()) and (u1 != u2 or f1.sum() >= 2)
                 n = _bucket(max(len(p[0]) for p in found), possible)
                 p1 = np.zeros((len(found), n), np.int32)
                 p2 = np.zeros((len(found), n), np.int32)
@@ -128,6 +128,8 @@ class Fitter:
         # thawed columns of each source group, (n, k), and whether the group has any
         self.group_cols = [t_of[np.asarray(gp.idx, dtype=np.int64)] for gp in plan.groups]
         self.group_free = [bool((c < self.nt).any()) for c in self.group_cols]
+        self.unit_cols = [self.group_cols[g] for g, _ in plan.units]
+        self.unit_free = [self.group_free[g] for g, _ in plan.units]
         self.source_free = np.zeros(plan.n_src, bool)
         for gp, cols in zip(plan.groups, self.group_cols):
             self.source_free[np.asarray(gp.members)] = (cols < self.nt).any(axis=1)
@@ -149,15 +151,15 @@ class Fitter:
 
     # --- pieces (one image: ig, its calibration values iv) ---
     def _source_jacobians(self, ig, iv, theta):
-        """Per source group: (J (n, Sy, Sx, k) unweighted stamp derivatives, ox, oy) or None."""
+        """Per render unit: (J (n, Sy, Sx, k) unweighted stamp derivatives, ox, oy) or None."""
         c = self.c
         out = []
-        for g in range(len(c.plan.groups)):
-            if not self.group_free[g]:
+        for u, (g, _) in enumerate(c.plan.units):
+            if not self.unit_free[u]:
                 out.append(None)
                 continue
-            ox, oy, _, _ = c.group_origins(ig, g, iv, theta)
-            jac = jax.jacfwd(c.stamp_fn(ig, g), argnums=0)
+            ox, oy, _, _ = c.unit_origins(ig, u, iv, theta)
+            jac = jax.jacfwd(c.stamp_fn(ig, u), argnums=0)
             J = jax.vmap(jac, (0, None, 0, 0))(c.group_values(g, theta), iv, ox, oy)
             out.append((J, ox, oy))
         return out
@@ -191,14 +193,14 @@ class Fitter:
             A = A.at[ct[:, None], ct[None, :]].add(jnp.einsum("hwa,hwb->ab", Jc, Jc))
             grad = grad.at[ct].add(jnp.einsum("hwa,hw->a", Jc, chi))
         stamps = []
-        for g, sj in enumerate(self._source_jacobians(fg.ig, iv, theta)):
+        for u, sj in enumerate(self._source_jacobians(fg.ig, iv, theta)):
             if sj is None:
                 stamps.append(None)
                 continue
             J, ox, oy = sj
-            Sy, Sx = ip.stamps[g]
+            Sy, Sx = ip.stamps[u]
             Jw = J * mog.gather_stamps(w, ox, oy, Sy, Sx)[..., None]
-            cols = self.group_cols[g]
+            cols = self.unit_cols[u]
             chi_st = mog.gather_stamps(chi, ox, oy, Sy, Sx)
             grad = grad.at[cols].add(jnp.einsum("nyxk,nyx->nk", Jw, chi_st))
             A = A.at[cols[:, :, None], cols[:, None, :]].add(jnp.einsum("nyxa,nyxb->nab", Jw, Jw))
@@ -236,15 +238,15 @@ class Fitter:
         return A[:nt, :nt], grad[:nt], lnp
 
     def _add_pairs(self, A, stamps, pairs_i):
-        G = len(stamps)
+        U = len(stamps)
         k = 0
-        for g1 in range(G):
-            for g2 in range(g1, G):
+        for u1 in range(U):
+            for u2 in range(u1, U):
                 p1, p2, valid = pairs_i[k]
                 k += 1
-                if stamps[g1] is None or stamps[g2] is None or p1.shape[0] == 0:
+                if stamps[u1] is None or stamps[u2] is None or p1.shape[0] == 0:
                     continue
-                a, b = stamps[g1], stamps[g2]
+                a, b = stamps[u1], stamps[u2]
                 pa, pb = p1, p2
                 if a[0].shape[1] * a[0].shape[2] > b[0].shape[1] * b[0].shape[2]:
                     a, b, pa, pb = b, a, p2, p1  # sum over the smaller stamp's pixels
@@ -293,7 +295,7 @@ class Fitter:
 
     def _derivs(self, theta):
         """Unweighted model derivatives, per fit group, stacked over its images:
-        (per source group (J, ox, oy) or None, calibration Jacobian or None)."""
+        (per render unit (J, ox, oy) or None, calibration Jacobian or None)."""
         out = []
         for fg in self.fit_groups:
             ivs = self.c.image_values(fg.ig, theta)[fg.pos]

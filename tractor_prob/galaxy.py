@@ -9,6 +9,8 @@ is analytic, so galaxies render through the same stamps as point sources.
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -35,19 +37,45 @@ def _component(ctx, pos_spec, pv, shape_spec, sv, counts, amps, vars):
     return counts * amps, means, vars[:, None, None] * Cp
 
 
-def _radius(image, counts, components):
-    """Stamp radius (pixels) of a galaxy: profile components (amps, vars, shape) x PSF."""
+#: profile components wider than WING_SIGMA half-light radii render in a separate,
+#: larger stamp ("wing" part) so that the many narrow components are evaluated
+#: on a small stamp only
+WING_SIGMA = 3.0
+
+
+@functools.lru_cache(maxsize=4096)
+def _numpy_sersic(n: float):
+    a, v = profiles.sersic_mog(n)
+    return np.asarray(a), np.asarray(v)
+
+
+def _split_parts(sigmas_re):
+    """(core indices, wing indices) of components by width in re; one part if no split."""
+    sig = np.asarray(sigmas_re)
+    core = tuple(int(i) for i in np.flatnonzero(sig <= WING_SIGMA))
+    wing = tuple(int(i) for i in np.flatnonzero(sig > WING_SIGMA))
+    return (core, wing) if core and wing else (tuple(range(len(sig))),)
+
+
+def _radius(image, counts, components, part=None):
+    """Stamp radius (pixels) of a galaxy: its profile components x the PSF.
+
+    ``components``: list of (flux fraction, (amps, vars), shape) per profile;
+    ``part``: indices of the concatenated components to include (default all).
+    """
     M = image.wcs.pixelsPerArcsec()
-    pa, pm, pc = image.psf.getMixtureOfGaussians()
-    A, C = [], []
-    for frac, (amps, vars), shape in components:
+    amps, covs = [], []
+    for frac, (a, v), shape in components:
         Cp = M @ shape.getCovariance() @ M.T
-        for a, v in zip(np.asarray(amps), np.asarray(vars)):
-            for b, c in zip(pa, pc):
-                A.append(frac * a * b)
-                C.append(v * Cp + c)
-    A = np.array(A)
-    C = np.array(C)
+        amps.append(frac * np.asarray(a))
+        covs.append(np.asarray(v)[:, None, None] * Cp)
+    amps = np.concatenate(amps)
+    covs = np.concatenate(covs)
+    if part is not None:
+        amps, covs = amps[list(part)], covs[list(part)]
+    pa, pm, pc = image.psf.getMixtureOfGaussians()
+    A = (amps[:, None] * pa[None, :]).ravel()
+    C = (covs[:, None] + pc[None, :]).reshape(-1, 2, 2)
     r = mog_radius(A, np.zeros((len(A), 2)), C, counts, image.noise_sigma)
     return min(r, float(max(image.shape)))
 
@@ -85,8 +113,15 @@ class Galaxy(Source):
         raise NotImplementedError
 
     def _numpy_profile(self):
+        """(amps, vars) of the profile at the current values (numpy)."""
         spec = self._collect([], [], True)
         return tuple(np.asarray(a) for a in self._profile(spec, jnp.asarray(self.getAllParams())))
+
+    def _components(self):
+        return [(1.0, self._numpy_profile(), self.shape)]
+
+    def _render_parts(self):
+        return _split_parts(np.sqrt(self._numpy_profile()[1]))
 
     @staticmethod
     def _jax_center(spec, vals, ctx):
@@ -100,8 +135,8 @@ class Galaxy(Source):
         amps, vars = cls._profile(spec, vals)
         return _component(ctx, pos_spec, pv, shape_spec, sv, ctx.counts(br_spec, bv), amps, vars)
 
-    def _stamp_radius(self, image, counts):
-        return _radius(image, counts, [(1.0, self._numpy_profile(), self.shape)])
+    def _stamp_radius(self, image, counts, part=None):
+        return _radius(image, counts, self._components(), part)
 
 
 class ExpGalaxy(Galaxy):
@@ -111,6 +146,13 @@ class ExpGalaxy(Galaxy):
     def _profile(cls, spec, vals):
         return profiles.exp_mog()
 
+    def _numpy_profile(self):
+        return _EXP
+
+
+_EXP = tuple(np.asarray(a) for a in profiles.exp_mog())
+_DEV = tuple(np.asarray(a) for a in profiles.dev_mog())
+
 
 class DevGalaxy(Galaxy):
     """de Vaucouleurs-profile galaxy (Sersic n = 4)."""
@@ -118,6 +160,9 @@ class DevGalaxy(Galaxy):
     @classmethod
     def _profile(cls, spec, vals):
         return profiles.dev_mog()
+
+    def _numpy_profile(self):
+        return _DEV
 
 
 class RexGalaxy(ExpGalaxy):
@@ -175,13 +220,15 @@ class CompositeGalaxy(Source):
         pc = image.photocal
         return pc.brightnessToCounts(self.brightnessExp) + pc.brightnessToCounts(self.brightnessDev)
 
-    def _stamp_radius(self, image, counts):
+    def _stamp_radius(self, image, counts, part=None):
         pc = image.photocal
         ce, cd = pc.brightnessToCounts(self.brightnessExp), pc.brightnessToCounts(self.brightnessDev)
         tot = abs(ce) + abs(cd) or 1.0
-        return _radius(image, counts, [
-            (abs(ce) / tot, profiles.exp_mog(), self.shapeExp),
-            (abs(cd) / tot, profiles.dev_mog(), self.shapeDev)])
+        return _radius(image, counts, [(abs(ce) / tot, _EXP, self.shapeExp),
+                                       (abs(cd) / tot, _DEV, self.shapeDev)], part)
+
+    def _render_parts(self):
+        return _split_parts(np.sqrt(np.concatenate([_EXP[1], _DEV[1]])))
 
     @staticmethod
     def _jax_center(spec, vals, ctx):
@@ -221,10 +268,13 @@ class FixedCompositeGalaxy(Source):
     def getBrightness(self):
         return self.brightness
 
-    def _stamp_radius(self, image, counts):
+    def _stamp_radius(self, image, counts, part=None):
         f = self.fracDev.clipped()
-        return _radius(image, counts, [(1 - f, profiles.exp_mog(), self.shapeExp),
-                                       (f, profiles.dev_mog(), self.shapeDev)])
+        return _radius(image, counts, [(1 - f, _EXP, self.shapeExp), (f, _DEV, self.shapeDev)],
+                       part)
+
+    def _render_parts(self):
+        return _split_parts(np.sqrt(np.concatenate([_EXP[1], _DEV[1]])))
 
     @staticmethod
     def _jax_center(spec, vals, ctx):

@@ -76,7 +76,7 @@ class ImagePlan(NamedTuple):
 
     spec: Spec  # calibration spec common to the group
     shape: tuple  # (H, W)
-    stamps: tuple  # (Sy, Sx) stamp size of each source group in these images
+    stamps: tuple  # (Sy, Sx) stamp size of each render unit in these images
     members: tuple  # image indices
     offsets: tuple  # index of each member's first parameter in theta
 
@@ -85,6 +85,7 @@ class GroupPlan(NamedTuple):
     spec: Spec  # common spec of the sources in the group
     members: tuple  # catalog indices
     idx: tuple  # (n, k) theta indices of each member's parameters
+    parts: tuple  # component index tuples rendered into separate stamps (None = all)
 
 
 class Plan(NamedTuple):
@@ -93,6 +94,11 @@ class Plan(NamedTuple):
     n_images: int
     images: tuple  # ImagePlan per image group
     groups: tuple  # GroupPlan per source kind
+    units: tuple  # render units: (source group, part index); one stamp per source each
+
+
+#: a stamp radius is kept while the wanted radius stays above this fraction of it
+STAMP_SHRINK = 0.7
 
 
 def _stamp_size(r: float, H: int, W: int) -> tuple:
@@ -123,19 +129,30 @@ def compile_tractor(tractor):
     for j, src in enumerate(catalog.subs):
         off = len(values)
         spec = src._collect(values, thawed, cat_thawed and catalog._thawed[j], priors)
-        g = groups.setdefault(spec, ([], []))
+        g = groups.setdefault((spec, src._render_parts() or (None,)), ([], []))
         g[0].append(j)
         g[1].append(tuple(range(off, off + spec.size)))
-    group_plans = tuple(GroupPlan(spec, tuple(m), tuple(idx)) for spec, (m, idx) in groups.items())
+    group_plans = tuple(GroupPlan(spec, tuple(m), tuple(idx), parts)
+                        for (spec, parts), (m, idx) in groups.items())
+    units = tuple((g, p) for g, gp in enumerate(group_plans) for p in range(len(gp.parts)))
 
+    # stamp radii only shrink when they fall well below what was used before: a
+    # fit moving a radius back and forth across a rounding step must not retrace
+    memo = tractor.__dict__.setdefault("_stamp_memo", {})
     image_groups: dict = {}
     for i, (spec, off, img) in enumerate(img_specs):
         H, W = img.shape
         stamps = []
-        for gp in group_plans:
+        for g, p in units:
+            gp = group_plans[g]
             srcs = [catalog.subs[j] for j in gp.members]
             counts = max(abs(s._stamp_counts(img)) for s in srcs)
-            r = max(s._stamp_radius(img, counts) for s in srcs)
+            r = max(s._stamp_radius(img, counts, gp.parts[p]) for s in srcs)
+            key = (i, gp.spec, gp.parts[p])
+            r_old = memo.get(key, 0.0)
+            if r_old * STAMP_SHRINK <= r < r_old:
+                r = r_old
+            memo[key] = r
             stamps.append(_stamp_size(r, H, W))
         key = (spec, (H, W), tuple(stamps))
         members = image_groups.setdefault(key, ([], []))
@@ -143,7 +160,7 @@ def compile_tractor(tractor):
         members[1].append(off)
     image_plans = tuple(ImagePlan(spec, shape, stamps, tuple(m), tuple(o))
                         for (spec, shape, stamps), (m, o) in image_groups.items())
-    plan = Plan(len(values), len(catalog.subs), len(images.subs), image_plans, group_plans)
+    plan = Plan(len(values), len(catalog.subs), len(images.subs), image_plans, group_plans, units)
     theta = np.array(values, dtype=np.float64)
     return plan, theta, np.array(thawed, dtype=bool), priors
 
@@ -212,48 +229,55 @@ class Compiled:
 
         return jax.vmap(one)(self.group_values(g, theta))
 
-    def stamp_fn(self, ig, g):
-        """f(v (k,), img_vals, ox, oy) -> stamp (Sy, Sx) of one source of group g."""
+    def _part(self, u, amps, means, covs):
+        """The components of render unit u (a slice of its source group's MoG, last axis)."""
+        g, p = self.plan.units[u]
+        comps = self.plan.groups[g].parts[p]
+        if comps is None:
+            return amps, means, covs
+        idx = np.asarray(comps)
+        return amps[..., idx], means[..., idx, :], covs[..., idx, :, :]
+
+    def stamp_fn(self, ig, u):
+        """f(v (k,), img_vals, ox, oy) -> stamp (Sy, Sx) of one source of render unit u."""
         ip = self.plan.images[ig]
-        gs = self.plan.groups[g].spec
-        Sy, Sx = ip.stamps[g]
+        gs = self.plan.groups[self.plan.units[u][0]].spec
+        Sy, Sx = ip.stamps[u]
 
         def f(v, img_vals, ox, oy):
             ctx = ImageContext(ip.spec, img_vals)
-            amps, means, covs = gs.cls._jax_mog(gs, v, ctx)
+            amps, means, covs = self._part(u, *gs.cls._jax_mog(gs, v, ctx))
             A, M, C = mog.convolve(amps, means, covs, *ctx.psf_mog())
             return mog.eval_stamp(A, M, C, ox, oy, Sy, Sx)
 
         return f
 
-    def group_origins(self, ig, g, img_vals, theta):
+    def unit_origins(self, ig, u, img_vals, theta):
+        """(ox, oy, cx, cy): stamp origins and source centres (pixels) of render unit u."""
         ip = self.plan.images[ig]
-        _, _, _, cx, cy = self.source_mog(ig, g, img_vals, theta)
-        ox, oy = mog.stamp_origin(cx, cy, *ip.stamps[g], *ip.shape)
+        _, _, _, cx, cy = self.source_mog(ig, self.plan.units[u][0], img_vals, theta)
+        ox, oy = mog.stamp_origin(cx, cy, *ip.stamps[u], *ip.shape)
         return ox, oy, cx, cy
-
-    def group_stamps(self, ig, g, img_vals, theta):
-        """(stamps (n, Sy, Sx), ox (n,), oy (n,)) of source group g in one image."""
-        ip = self.plan.images[ig]
-        amps, means, covs, cx, cy = self.source_mog(ig, g, img_vals, theta)
-        Sy, Sx = ip.stamps[g]
-        ox, oy = mog.stamp_origin(cx, cy, Sy, Sx, *ip.shape)
-        ctx = ImageContext(ip.spec, img_vals)
-        A, M, C = mog.convolve(amps, means, covs, *ctx.psf_mog())
-        stamps = jax.vmap(mog.eval_stamp, (0, 0, 0, 0, 0, None, None))(A, M, C, ox, oy, Sy, Sx)
-        return stamps, ox, oy
 
     def model_image(self, ig, img_vals, theta, src_on=None, sky_on=1.0):
         """Model (H, W) of one image of group ig; ``src_on`` (n_src,) and ``sky_on`` scale
         sources and sky."""
         ip = self.plan.images[ig]
+        ctx = ImageContext(ip.spec, img_vals)
+        psf = ctx.psf_mog()
         model = jnp.zeros(ip.shape, theta.dtype)
         for g, gp in enumerate(self.plan.groups):
-            stamps, ox, oy = self.group_stamps(ig, g, img_vals, theta)
+            amps, means, covs, cx, cy = self.source_mog(ig, g, img_vals, theta)
             if src_on is not None:
-                stamps = stamps * src_on[np.asarray(gp.members)][:, None, None]
-            model = mog.add_stamps(model, stamps, ox, oy)
-        return model + sky_on * ImageContext(ip.spec, img_vals).sky()
+                amps = amps * src_on[np.asarray(gp.members)][:, None]
+            for u in (u for u, (gu, _) in enumerate(self.plan.units) if gu == g):
+                Sy, Sx = ip.stamps[u]
+                ox, oy = mog.stamp_origin(cx, cy, Sy, Sx, *ip.shape)
+                A, M, C = mog.convolve(*self._part(u, amps, means, covs), *psf)
+                stamps = jax.vmap(mog.eval_stamp, (0, 0, 0, 0, 0, None, None))(
+                    A, M, C, ox, oy, Sy, Sx)
+                model = mog.add_stamps(model, stamps, ox, oy)
+        return model + sky_on * ctx.sky()
 
     def model_images(self, ig, theta, src_on=None, sky_on=1.0):
         """(n_members, H, W) models of image group ig."""
@@ -284,8 +308,8 @@ class Compiled:
         return ok
 
     def _origins(self, theta):
-        """Per image group, per source group: (ox, oy, cx, cy), each (n_images, n_sources)."""
+        """Per image group, per render unit: (ox, oy, cx, cy), each (n_images, n_sources)."""
         return tuple(
-            tuple(jax.vmap(lambda iv, g=g, ig=ig: self.group_origins(ig, g, iv, theta))(
-                self.image_values(ig, theta)) for g in range(len(self.plan.groups)))
+            tuple(jax.vmap(lambda iv, u=u, ig=ig: self.unit_origins(ig, u, iv, theta))(
+                self.image_values(ig, theta)) for u in range(len(self.plan.units)))
             for ig in range(len(self.plan.images)))

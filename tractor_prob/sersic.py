@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import profiles
-from .galaxy import Galaxy
+from .galaxy import Galaxy, _numpy_sersic
 from .params import MultiParams, ScalarParam
 
 __all__ = ["SersicIndex", "SersicGalaxy"]
@@ -61,3 +61,6 @@ class SersicGalaxy(Galaxy):
     def _profile(cls, spec, vals):
         n = spec.split(vals)[3][0]
         return profiles.sersic_mog(n)
+
+    def _numpy_profile(self):
+        return _numpy_sersic(float(self.sersicindex.val))

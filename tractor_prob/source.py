@@ -8,8 +8,9 @@ methods, dispatched from its :class:`~tractor_prob.params.Spec`):
   (zero covariance = a point);
 - ``_jax_center(spec, vals, ctx)`` -> (x, y) pixel where its stamp is centred;
 
-and Python methods ``_stamp_counts(image)`` and ``_stamp_radius(image, counts)``
-(pixels, from current values; the brightest source of a kind sets its stamp size).
+and Python methods ``_stamp_counts(image)``, ``_stamp_radius(image, counts, part)``
+(pixels, from current values; the brightest source of a kind sets its stamp size) and
+``_render_parts()`` (which components share a stamp: wide galaxy wings get their own).
 ``ctx`` (:class:`tractor_prob.scene.ImageContext`) converts positions and
 brightnesses with the image's calibrations.  A user-defined source (e.g. a
 lensed quasar made of sub-sources) implements the same three and gets model
@@ -39,9 +40,15 @@ class Source(MultiParams):
         """Total counts of this source in ``image`` (Python; sizes its stamp)."""
         return image.photocal.brightnessToCounts(self.getBrightness())
 
-    def _stamp_radius(self, image, counts) -> float:
-        """Stamp radius (pixels) in ``image`` when the source has ``counts`` counts."""
+    def _stamp_radius(self, image, counts, part=None) -> float:
+        """Stamp radius (pixels) in ``image`` when the source has ``counts`` counts;
+        ``part``: the components (indices into ``_jax_mog``'s output) to cover."""
         return image.psf.getRadius(counts, image.noise_sigma)
+
+    def _render_parts(self):
+        """Components rendered into separate stamps: a tuple of index tuples into
+        ``_jax_mog``'s components, or None for one stamp holding all of them."""
+        return None
 
     @staticmethod
     def _jax_center(spec, vals, ctx):
