@@ -209,7 +209,7 @@ class Fitter:
                 A = A.at[cols[:, :, None], ct[None, None, :]].add(cross)
                 A = A.at[ct[None, :, None], cols[:, None, :]].add(jnp.swapaxes(cross, 1, 2))
             stamps.append((Jw, ox, oy, cols))
-        A = self._add_pairs(A, stamps, pairs_i)
+        A = self._add_pairs(A, stamps, pairs_i, ip.shape)
         return A, grad, lnl
 
     def _system(self, theta, data, weights, pairs, pri):
@@ -237,7 +237,7 @@ class Fitter:
         lnp = lnl + self._log_prior(theta, pri)
         return A[:nt, :nt], grad[:nt], lnp
 
-    def _add_pairs(self, A, stamps, pairs_i):
+    def _add_pairs(self, A, stamps, pairs_i, shape):
         U = len(stamps)
         k = 0
         for u1 in range(U):
@@ -250,7 +250,10 @@ class Fitter:
                 pa, pb = p1, p2
                 if a[0].shape[1] * a[0].shape[2] > b[0].shape[1] * b[0].shape[2]:
                     a, b, pa, pb = b, a, p2, p1  # sum over the smaller stamp's pixels
-                B = _pair_blocks(a, b, pa, pb, valid)
+                if a[0].shape[1:3] == b[0].shape[1:3] == tuple(shape):
+                    B = _pair_blocks_full(a, b, pa, pb, valid)
+                else:
+                    B = _pair_blocks(a, b, pa, pb, valid)
                 ca, cb = jnp.asarray(a[3])[pa], jnp.asarray(b[3])[pb]
                 A = A.at[ca[:, :, None], cb[:, None, :]].add(B)
                 A = A.at[cb[:, :, None], ca[:, None, :]].add(jnp.swapaxes(B, 1, 2))
@@ -315,24 +318,26 @@ class Fitter:
 def _pair_blocks(a, b, pa, pb, valid):
     """sum over stamp a's pixels of Ja^T Jb for the listed pairs: (P, ka, kb).
 
-    ``a``, ``b``: (weighted J (n, Sy, Sx, k), ox, oy, cols) of two source groups;
-    stamp b's Jacobian is read at stamp a's pixels (0 where b has no stamp).
+    ``a``, ``b``: (weighted J (n, Sy, Sx, k), ox, oy, cols) of two render units;
+    stamp b's Jacobian is read at stamp a's pixels (0 where b has no stamp) by a
+    windowed gather from a zero-padded copy of it.
     """
     Ja, oxa, oya, _ = a
     Jb, oxb, oyb, _ = b
     Sya, Sxa = Ja.shape[1:3]
-    Syb, Sxb = Jb.shape[1:3]
-    dx = oxb[pb] - oxa[pa]
-    dy = oyb[pb] - oya[pa]
-    rows = jnp.arange(Sya)[None, :] - dy[:, None]  # row in stamp b of each row of stamp a
-    cols = jnp.arange(Sxa)[None, :] - dx[:, None]
-    ok = (((rows >= 0) & (rows < Syb))[:, :, None]
-          & ((cols >= 0) & (cols < Sxb))[:, None, :]
-          & (valid[:, None, None] > 0))
-    Jb_shift = Jb[pb[:, None, None], jnp.clip(rows, 0, Syb - 1)[:, :, None],
-                  jnp.clip(cols, 0, Sxb - 1)[:, None, :]]
-    Jb_shift = jnp.where(ok[..., None], Jb_shift, 0.0)
-    return jnp.einsum("pyxa,pyxb->pab", Ja[pa], Jb_shift)
+    Syb, Sxb, kb = Jb.shape[1:4]
+    Jb_pad = jnp.pad(Jb, ((0, 0), (Sya, Sya), (Sxa, Sxa), (0, 0)))
+    # row/column of padded stamp b that lies under stamp a's first pixel
+    y0 = jnp.clip(oya[pa] - oyb[pb] + Sya, 0, Syb + Sya)
+    x0 = jnp.clip(oxa[pa] - oxb[pb] + Sxa, 0, Sxb + Sxa)
+    win = jax.vmap(lambda j, y, x: jax.lax.dynamic_slice(Jb_pad[j], (y, x, jnp.zeros_like(y)), (Sya, Sxa, kb)))(
+        pb, y0, x0)
+    return jnp.einsum("pyxa,pyxb->pab", Ja[pa], win) * valid[:, None, None]
+
+
+def _pair_blocks_full(a, b, pa, pb, valid):
+    """As _pair_blocks when both stamps cover the whole image (same pixels, no shift)."""
+    return jnp.einsum("pyxa,pyxb->pab", a[0][pa], b[0][pb]) * valid[:, None, None]
 
 
 def solve_normal(A, g, damp=0.0):
