@@ -111,13 +111,22 @@ class Tan:
         if isinstance(obj, str):
             with fits.open(obj) as hdul:
                 obj = hdul[0].header
+        if isinstance(obj, fits.Header):
+            raw = [str(obj.get("CTYPE1", "")).upper(), str(obj.get("CTYPE2", "")).upper()]
+            if any(c[4:8] in ("-TPV", "-SIP", "-TNX", "-ZPN") or c.endswith("-SIP") for c in raw):
+                raise ValueError(f"Tan: distortion terms (CTYPE {raw}) are not supported; "
+                                 "only pure TAN")
         w = obj if isinstance(obj, WCS) else WCS(obj)
         ctype = [c.upper() for c in w.wcs.ctype]
         if not (ctype[0].startswith("RA---TAN") and ctype[1].startswith("DEC--TAN")):
             raise ValueError(f"Tan: expected a RA---TAN/DEC--TAN WCS, got CTYPE {ctype}")
-        if ctype[0] != "RA---TAN" or w.sip is not None:
+        distorted = (ctype[0] != "RA---TAN" or w.sip is not None or w.cpdis1 is not None
+                     or w.cpdis2 is not None or w.det2im1 is not None or w.det2im2 is not None
+                     or len(w.wcs.get_pv()) > 0)
+        if distorted:
             raise ValueError(
-                f"Tan: distortion terms ({ctype[0]}, SIP) are not supported; only pure TAN"
+                f"Tan: distortion terms ({ctype[0]}, SIP/TPV/lookup tables) are not supported; "
+                "only pure TAN"
             )
         self.set_crval(*w.wcs.crval)
         self.set_crpix(*w.wcs.crpix)
