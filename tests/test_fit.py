@@ -298,6 +298,80 @@ def test_normal_matrix_equals_dense_jacobian(n_images):
     assert abs(tr.getLogLikelihood() - lnl_ref) < 1e-10 * abs(lnl_ref)
 
 
+def _galaxy_field(H, W, flux_scale=1.0, re_scale=1.0, seed=0):
+    """Stars, an ExpGalaxy and two DevGalaxies (one with its shape frozen) blended in one
+    image with a thawed sky, non-uniform inverse variances and masked pixels."""
+    from tractor_prob.galaxy import DevGalaxy, EllipseE, ExpGalaxy
+
+    rng = np.random.default_rng(seed)
+    iv = rng.uniform(0.5, 2.0, (H, W))
+    iv[rng.random((H, W)) < 0.03] = 0.0
+    t, _ = tan_pair((150.0, 2.0), ((W + 1) / 2.0, (H + 1) / 2.0), rot_cd(0.262, 10.0), W, H)
+    wcs = FitsWcs(t)
+    psf = GaussianMixturePSF([0.8, 0.2], np.zeros((2, 2)),
+                             np.array([np.eye(2) * 1.6**2, np.eye(2) * 3.5**2]))
+    tim = Image(data=np.zeros((H, W)), invvar=iv, psf=psf, wcs=wcs,
+                photocal=LinearPhotoCal(1.0, band="r"), sky=ConstantSky(0.3))
+    tim.freezeParams("psf", "wcs", "photocal")
+
+    def pos(fx, fy):
+        rd = wcs.pixelToPosition(fx * W, fy * H)
+        return RaDecPos(rd.ra, rd.dec)
+
+    f, s = flux_scale, re_scale
+    srcs = [PointSource(pos(0.45, 0.5), NanoMaggies(r=800.0 * f)),
+            PointSource(pos(0.55, 0.42), NanoMaggies(r=300.0 * f)),
+            ExpGalaxy(pos(0.5, 0.58), NanoMaggies(r=1500.0 * f), EllipseE(1.2 * s, 0.2, -0.1)),
+            DevGalaxy(pos(0.42, 0.4), NanoMaggies(r=4000.0 * f), EllipseE(1.4 * s, -0.15, 0.2)),
+            DevGalaxy(pos(0.6, 0.55), NanoMaggies(r=2500.0 * f), EllipseE(1.0 * s, 0.1, 0.1))]
+    tr = Tractor([tim], srcs)
+    tr.catalog[4].freezeParam("shape")
+    model = tr.getModelImage(0)
+    tim.data = model + rng.normal(0, 1.0, (H, W)) / np.sqrt(np.where(iv > 0, iv, 1.0))
+    return tr
+
+
+@pytest.mark.parametrize("H, W, flux_scale, re_scale, lattice", [
+    (64, 64, 1.0, 1.0, True),  # deV wings on coarse nodes covering the image (lattice unit)
+    (128, 128, 0.3, 0.3, False),  # deV wings on coarse stamps inside the image
+])
+def test_normal_matrix_equals_dense_jacobian_galaxies(H, W, flux_scale, re_scale, lattice):
+    """The assembled J^T W J and J^T W r equal those of a dense jacfwd of the model images
+    with galaxies whose wings render on a coarse grid (psf.mog_step): the fitter's
+    derivatives are those of the one model (interpolation included)."""
+    from tractor_prob.scene import is_lattice
+
+    tr = _galaxy_field(H, W, flux_scale, re_scale)
+    fitter, theta, pairs, pri = tr._fit_inputs()
+    plan = fitter.c.plan
+    ip = plan.images[0]
+    wing = [u for u, (g, p) in enumerate(plan.units) if p == 1]
+    assert wing and all(ip.steps[u] > 1 for u in wing)  # coarse wings are in play
+    assert any(is_lattice(ip, u) for u in wing) == lattice
+    data, weights = tr._pixels(fitter.c)
+    A, g, lnp = (np.asarray(v) for v in fitter.system(theta, data, weights, pairs, pri))
+    comp = fitter.c
+    T = jnp.asarray(fitter.T)
+    th0 = jnp.asarray(theta)
+
+    @jax.jit
+    def full_model(x):
+        return comp.model_images(0, th0.at[T].set(x)).ravel()
+
+    J = np.asarray(jax.jacfwd(full_model)(th0[T]))
+    w = np.asarray(weights[0]).ravel()
+    r = np.asarray(data[0]).ravel() - np.asarray(full_model(th0[T]))
+    Jw = J * w[:, None]
+    A_ref, g_ref = Jw.T @ Jw, Jw.T @ (w * r)
+    dA = np.sqrt(np.diag(A_ref))
+    assert np.all(dA > 0)
+    np.testing.assert_array_less(np.abs(A - A_ref), 1e-10 * np.outer(dA, dA))
+    np.testing.assert_array_less(np.abs(g - g_ref), 1e-10 * dA * np.linalg.norm(w * r))
+    lnl_ref = -0.5 * np.sum((w * r) ** 2)
+    assert abs(lnp - lnl_ref) < 1e-10 * abs(lnl_ref)
+    assert abs(tr.getLogLikelihood() - lnl_ref) < 1e-10 * abs(lnl_ref)
+
+
 # --------------------------------------------------------------------------- optimize
 def _star_image(truth, shape=(31, 31), sigma_psf=2.0, sigma_n=1.0, seed=0, sky=0.0):
     x, y, F = truth

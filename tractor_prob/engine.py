@@ -204,7 +204,7 @@ class Tractor(MultiParams):
                 if Jc is not None:
                     Jn = np.asarray(Jc[n])
                     for c, t in enumerate(fg.cal_t[n]):
-                        items[t] = Patch(0, 0, Jn[:, :, c], f"d(image)/d({names[t]})")
+                        items[t] = Patch(0, 0, Jn[c], f"d(image)/d({names[t]})")
                 for u, sj in enumerate(units):
                     if sj is None:
                         continue
@@ -214,7 +214,7 @@ class Tractor(MultiParams):
                         for k, t in enumerate(cols):
                             if t < fitter.nt:
                                 local = names[t].split(".", 1)[1]
-                                p = _clipped_patch(J[m, :, :, k], ox[m], oy[m], H, W,
+                                p = _clipped_patch(J[m, k], ox[m], oy[m], H, W,
                                                    f"d({label})/d({local})")
                                 items[t] = _merge_patches(items.get(t), p)
         out = [[] for _ in range(fitter.nt)]

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .render import mog
-from .scene import Compiled
+from .scene import Compiled, is_lattice
 
 __all__ = ["Fitter", "get_fitter", "build_pairs"]
 
@@ -74,7 +74,12 @@ def build_pairs(plan, origins, source_free):
                     if u1 == u2:
                         ok &= np.triu(np.ones_like(ok), k=1)
                     found.append(np.nonzero(ok))
-                possible = bool(f1.any() and f2.any()) and (u1 != u2 or f1.sum() >= 2)
+                # a unit whose stamps cover the image overlaps every source: no list needed
+                full = (Sy1, Sx1) == tuple(ip.shape) or (Sy2, Sx2) == tuple(ip.shape)
+                possible = (bool(f1.any() and f2.any()) and (u1 != u2 or f1.sum() >= 2)
+                            and not full)
+                if not possible:
+                    found = [(np.zeros(0, np.int64),) * 2 for _ in found]
                 n = _bucket(max(len(p[0]) for p in found), possible)
                 p1 = np.zeros((len(found), n), np.int32)
                 p2 = np.zeros((len(found), n), np.int32)
@@ -151,7 +156,8 @@ class Fitter:
 
     # --- pieces (one image: ig, its calibration values iv) ---
     def _source_jacobians(self, ig, iv, theta):
-        """Per render unit: (J (n, Sy, Sx, k) unweighted stamp derivatives, ox, oy) or None."""
+        """Per render unit: (J (n, k, Sy, Sx) unweighted stamp derivatives, ox, oy, stamps
+        (n, Sy, Sx)) or None (no thawed parameter)."""
         c = self.c
         out = []
         for u, (g, _) in enumerate(c.plan.units):
@@ -159,13 +165,14 @@ class Fitter:
                 out.append(None)
                 continue
             ox, oy, _, _ = c.unit_origins(ig, u, iv, theta)
-            jac = jax.jacfwd(c.stamp_fn(ig, u), argnums=0)
-            J = jax.vmap(jac, (0, None, 0, 0))(c.group_values(g, theta), iv, ox, oy)
-            out.append((J, ox, oy))
+            f = c.stamp_fn(ig, u)
+            st, J = jax.vmap(lambda v, ox1, oy1: jvp_major(lambda v: f(v, iv, ox1, oy1), v))(
+                c.group_values(g, theta), ox, oy)
+            out.append((J, ox, oy, st))
         return out
 
     def _cal_jacobian(self, fg, iv, theta):
-        """d model / d thawed calibration parameters of one image: (H, W, nc), or None."""
+        """d model / d thawed calibration parameters of one image: (nc, H, W), or None."""
         if len(fg.cal_local) == 0:
             return None
         cal = fg.cal_local
@@ -173,7 +180,14 @@ class Fitter:
         def f(cv):
             return self.c.model_image(fg.ig, iv.at[cal].set(cv), theta)
 
-        return jax.jacfwd(f)(iv[cal])
+        return jacfwd_major(f, iv[cal])
+
+    def _fine(self, ig, u, J):
+        """Native stamp Jacobians of unit u -> pixels (interpolated for lattice units)."""
+        ip = self.c.plan.images[ig]
+        if is_lattice(ip, u):
+            return mog.upsample(J, ip.steps[u], *ip.stamps[u])
+        return J
 
     def _log_prior(self, theta, pri):
         tidx, mu, sig = pri
@@ -185,30 +199,63 @@ class Fitter:
         iv, d, w, pairs_i, ct = x
         c = self.c
         ip = c.plan.images[fg.ig]
-        chi = (d - c.model_image(fg.ig, iv, theta)) * w
+        sjs = self._source_jacobians(fg.ig, iv, theta)
+        given = [None if sj is None else (sj[3], sj[1], sj[2]) for sj in sjs]
+        chi = (d - c.model_image(fg.ig, iv, theta, given=given)) * w
         lnl = lnl - 0.5 * jnp.sum(chi * chi)
         Jc = self._cal_jacobian(fg, iv, theta)
         if Jc is not None:
-            Jc = Jc * w[..., None]
-            A = A.at[ct[:, None], ct[None, :]].add(jnp.einsum("hwa,hwb->ab", Jc, Jc))
-            grad = grad.at[ct].add(jnp.einsum("hwa,hw->a", Jc, chi))
+            Jc = Jc * w
+            A = A.at[ct[:, None], ct[None, :]].add(jnp.einsum("ahw,bhw->ab", Jc, Jc))
+            grad = grad.at[ct].add(jnp.einsum("ahw,hw->a", Jc, chi))
         stamps = []
-        for u, sj in enumerate(self._source_jacobians(fg.ig, iv, theta)):
+        for u, sj in enumerate(sjs):
             if sj is None:
                 stamps.append(None)
                 continue
-            J, ox, oy = sj
+            J, ox, oy, _ = sj
+            n, k = J.shape[:2]
             Sy, Sx = ip.stamps[u]
-            Jw = J * mog.gather_stamps(w, ox, oy, Sy, Sx)[..., None]
-            cols = self.unit_cols[u]
-            chi_st = mog.gather_stamps(chi, ox, oy, Sy, Sx)
-            grad = grad.at[cols].add(jnp.einsum("nyxk,nyx->nk", Jw, chi_st))
-            A = A.at[cols[:, :, None], cols[:, None, :]].add(jnp.einsum("nyxa,nyxb->nab", Jw, Jw))
+            cols = jnp.asarray(self.unit_cols[u])
+            full = (Sy, Sx) == tuple(ip.shape)  # stamps cover the image: origins are 0
+            Jl = None
+            if is_lattice(ip, u):  # J is on the unit's coarse nodes
+                step = ip.steps[u]
+                Jl = _materialize(J, theta)
+                J = mog.upsample(Jl, step, Sy, Sx)
+                # J^T W r on the nodes: the interpolation's adjoint applied to w chi
+                wchi = _upsample_adjoint(w * chi, step, Sy, Sx)
+                grad = grad.at[cols].add(Jl.reshape(n, k, -1) @ wchi.reshape(-1))
+            if full:
+                w_st = w
+                Jw = J * w
+                chi_st = chi.reshape(1, Sy * Sx, 1)
+            else:
+                w_st = mog.gather_stamps(w, ox, oy, Sy, Sx)
+                Jw = J * w_st[:, None]
+                chi_st = mog.gather_stamps(chi, ox, oy, Sy, Sx).reshape(n, Sy * Sx, 1)
+            Jw = _materialize(Jw, theta)
+            F = Jw.reshape(n, k, Sy * Sx)  # matmuls on flat stamps: XLA:CPU's fast path
+            if Jl is None:
+                grad = grad.at[cols].add(jnp.matmul(F, chi_st)[..., 0])
+            if full:  # every pair of members overlaps: one Gram matrix, pairs included
+                Ff = F.reshape(n * k, Sy * Sx)
+                cf = cols.reshape(-1)
+                A = A.at[cf[:, None], cf[None, :]].add(Ff @ Ff.T)
+            else:
+                A = A.at[cols[:, :, None], cols[:, None, :]].add(_gram(F, F))
             if Jc is not None:
-                cross = jnp.einsum("nyxk,nyxc->nkc", Jw, mog.gather_stamps(Jc, ox, oy, Sy, Sx))
+                nc = Jc.shape[0]
+                if full:
+                    Jc_st = Jc.reshape(nc, Sy * Sx).T
+                else:
+                    Jc_st = jnp.swapaxes(
+                        mog.gather_stamps(Jc, ox, oy, Sy, Sx).reshape(nc, n, Sy * Sx), 0, 1)
+                    Jc_st = jnp.swapaxes(Jc_st, 1, 2)
+                cross = jnp.matmul(F, Jc_st)  # (n, k, nc)
                 A = A.at[cols[:, :, None], ct[None, None, :]].add(cross)
                 A = A.at[ct[None, :, None], cols[:, None, :]].add(jnp.swapaxes(cross, 1, 2))
-            stamps.append((Jw, ox, oy, cols))
+            stamps.append(_Unit(Jw, ox, oy, cols, full, w_st, Jl, ip.steps[u]))
         A = self._add_pairs(A, stamps, pairs_i, ip.shape)
         return A, grad, lnl
 
@@ -238,23 +285,45 @@ class Fitter:
         return A[:nt, :nt], grad[:nt], lnp
 
     def _add_pairs(self, A, stamps, pairs_i, shape):
+        """Blocks of pairs of sources in different stamps (pairs within a full-image unit are
+        in its Gram matrix already)."""
         U = len(stamps)
         k = 0
         for u1 in range(U):
             for u2 in range(u1, U):
                 p1, p2, valid = pairs_i[k]
                 k += 1
-                if stamps[u1] is None or stamps[u2] is None or p1.shape[0] == 0:
-                    continue
                 a, b = stamps[u1], stamps[u2]
+                if a is None or b is None:
+                    continue
+                if a.full and b.full:  # both cover the image: all pairs, no shifts
+                    if u1 == u2:
+                        continue
+                    na, ka = a.Jw.shape[:2]
+                    nb, kb = b.Jw.shape[:2]
+                    B = a.Jw.reshape(na * ka, -1) @ b.Jw.reshape(nb * kb, -1).T
+                    ca, cb = a.cols.reshape(-1), b.cols.reshape(-1)
+                    A = A.at[ca[:, None], cb[None, :]].add(B)
+                    A = A.at[cb[:, None], ca[None, :]].add(B.T)
+                    continue
+                if a.full or b.full:  # one covers the image: every source of the other overlaps it
+                    if not b.full:
+                        a, b = b, a
+                    if b.Jl is not None:
+                        B = _blocks_with_lattice(a, b, shape)  # (na, ka, nb * kb)
+                    else:
+                        B = _blocks_with_full(a, b)
+                    ca, cb = a.cols, b.cols.reshape(-1)
+                    A = A.at[ca[:, :, None], cb[None, None, :]].add(B)
+                    A = A.at[cb[None, :, None], ca[:, None, :]].add(jnp.swapaxes(B, 1, 2))
+                    continue
+                if p1.shape[0] == 0:
+                    continue
                 pa, pb = p1, p2
-                if a[0].shape[1] * a[0].shape[2] > b[0].shape[1] * b[0].shape[2]:
+                if a.Jw.shape[2] * a.Jw.shape[3] > b.Jw.shape[2] * b.Jw.shape[3]:
                     a, b, pa, pb = b, a, p2, p1  # sum over the smaller stamp's pixels
-                if a[0].shape[1:3] == b[0].shape[1:3] == tuple(shape):
-                    B = _pair_blocks_full(a, b, pa, pb, valid)
-                else:
-                    B = _pair_blocks(a, b, pa, pb, valid)
-                ca, cb = jnp.asarray(a[3])[pa], jnp.asarray(b[3])[pb]
+                B = _pair_blocks(a, b, pa, pb, valid)
+                ca, cb = a.cols[pa], b.cols[pb]
                 A = A.at[ca[:, :, None], cb[:, None, :]].add(B)
                 A = A.at[cb[:, :, None], ca[:, None, :]].add(jnp.swapaxes(B, 1, 2))
         return A
@@ -303,7 +372,8 @@ class Fitter:
         for fg in self.fit_groups:
             ivs = self.c.image_values(fg.ig, theta)[fg.pos]
             out.append(jax.vmap(lambda iv, fg=fg: (
-                tuple(self._source_jacobians(fg.ig, iv, theta)),
+                tuple(None if sj is None else (self._fine(fg.ig, u, sj[0]),) + tuple(sj[1:3])
+                      for u, sj in enumerate(self._source_jacobians(fg.ig, iv, theta))),
                 self._cal_jacobian(fg, iv, theta)))(ivs))
         return tuple(out)
 
@@ -315,29 +385,127 @@ class Fitter:
         return (np.asarray(idx, np.int32), np.asarray(mu, float), np.asarray(sig, float))
 
 
+class _Unit(NamedTuple):
+    """A render unit's terms in one image, for the pair blocks."""
+
+    Jw: object  # (n, k, Sy, Sx) weighted stamp Jacobians
+    ox: object  # (n,) stamp origins
+    oy: object
+    cols: object  # (n, k) columns in the system
+    full: bool  # stamps cover the image
+    w: object  # (n, Sy, Sx) weights on the stamps ((H, W) if full)
+    Jl: object  # lattice units: (n, k, ny, nx) unweighted Jacobians on the nodes, else None
+    step: int
+
+
+def _upsample_adjoint(img, step, Sy, Sx):
+    """Adjoint of ``mog.upsample`` (nodes -> pixels) applied to an (Sy, Sx) image."""
+    nodes = jax.ShapeDtypeStruct((mog.n_nodes(Sy, step), mog.n_nodes(Sx, step)), img.dtype)
+    return jax.linear_transpose(lambda c: mog.upsample(c, step, Sy, Sx), nodes)(img)[0]
+
+
+def _phase_tables(step: int, size: int):
+    """(step, size, m) matrices: row j of table phi holds the interpolation weights of pixel
+    j of a stamp whose first pixel lies phi pixels past a lattice node, on the m nodes
+    starting one node before it (see _blocks_with_lattice)."""
+    w = mog._lagrange_weights(step)
+    m = (size + step - 2) // step + 4
+    R = np.zeros((step, size, m))
+    for phi in range(step):
+        for j in range(size):
+            i0, r = divmod(phi + j, step)
+            R[phi, j, i0 : i0 + 4] = w[r]
+    return R, m
+
+
+def _blocks_with_lattice(a, b, shape):
+    """Blocks of every source of unit a with every source of lattice unit b (whole image,
+    coarse nodes): (na, ka, nb * kb).
+
+    sum over a's pixels of (w^2 Ja) (U Jb) = sum over b's nodes of (U^T w^2 Ja) Jb: a's
+    weighted Jacobian is carried onto b's nodes by the adjoint of the interpolation U
+    restricted to a's stamp (phase tables), and meets b's node Jacobians there.
+    """
+    Jw, oxa, oya = a.Jw, a.ox, a.oy
+    na, ka, Sya, Sxa = Jw.shape
+    nb, kb, NY, NX = b.Jl.shape
+    step = b.step
+    Ry, my = _phase_tables(step, Sya)
+    Rx, mx = _phase_tables(step, Sxa)
+    X = Jw * (a.w[:, None] if not a.full else a.w)  # w^2 Ja
+    Rxi = jnp.asarray(Rx)[oxa % step]  # (na, Sxa, mx)
+    Ryi = jnp.asarray(Ry)[oya % step]  # (na, Sya, my)
+    D = jnp.matmul(X.reshape(na, ka * Sya, Sxa), Rxi).reshape(na, ka, Sya, mx)
+    D = jnp.matmul(jnp.swapaxes(Ryi, 1, 2)[:, None], D)  # (na, ka, my, mx)
+    H, W = shape
+    pad_y = max(0, (H - Sya) // step + my - NY)
+    pad_x = max(0, (W - Sxa) // step + mx - NX)
+    Jl = jnp.pad(b.Jl.reshape(nb * kb, NY, NX), ((0, 0), (0, pad_y), (0, pad_x)))
+    win = jax.vmap(lambda x, y: jax.lax.dynamic_slice(
+        Jl, (jnp.zeros_like(y), y, x), (nb * kb, my, mx)))(oxa // step, oya // step)
+    return _gram(D.reshape(na, ka, my * mx), win.reshape(na, nb * kb, my * mx))
+
+
+def _materialize(x, theta):
+    """x, computed once and stored: XLA:CPU would otherwise fuse the computation of x
+    (the sum over a stamp's Gaussian components) into each of its consumers (every pair
+    block's gather), recomputing it many times; it drops optimization barriers, but
+    not a conditional's boundary (the predicate is true unless theta[0] is NaN)."""
+    return jax.lax.cond(theta[0] == theta[0], lambda x: x, jnp.zeros_like, x)
+
+
+def _gram(Fa, Fb):
+    """(n, ka, P) x (n, kb, P) -> (n, ka, kb): per-source sums over stamp pixels."""
+    return jnp.matmul(Fa, jnp.swapaxes(Fb, 1, 2))
+
+
 def _pair_blocks(a, b, pa, pb, valid):
     """sum over stamp a's pixels of Ja^T Jb for the listed pairs: (P, ka, kb).
 
-    ``a``, ``b``: (weighted J (n, Sy, Sx, k), ox, oy, cols) of two render units;
-    stamp b's Jacobian is read at stamp a's pixels (0 where b has no stamp) by a
-    windowed gather from a zero-padded copy of it.
+    ``a``, ``b``: (weighted J (n, k, Sy, Sx), ox, oy, cols, full) of two render units;
+    stamp b's Jacobian is read at stamp a's pixels by a gather with clamped
+    indices, and stamp a's pixels that stamp b does not cover are masked out.
     """
-    Ja, oxa, oya, _ = a
-    Jb, oxb, oyb, _ = b
-    Sya, Sxa = Ja.shape[1:3]
-    Syb, Sxb, kb = Jb.shape[1:4]
-    Jb_pad = jnp.pad(Jb, ((0, 0), (Sya, Sya), (Sxa, Sxa), (0, 0)))
-    # row/column of padded stamp b that lies under stamp a's first pixel
-    y0 = jnp.clip(oya[pa] - oyb[pb] + Sya, 0, Syb + Sya)
-    x0 = jnp.clip(oxa[pa] - oxb[pb] + Sxa, 0, Sxb + Sxa)
-    win = jax.vmap(lambda j, y, x: jax.lax.dynamic_slice(Jb_pad[j], (y, x, jnp.zeros_like(y)), (Sya, Sxa, kb)))(
-        pb, y0, x0)
-    return jnp.einsum("pyxa,pyxb->pab", Ja[pa], win) * valid[:, None, None]
+    Ja, oxa, oya = a.Jw, a.ox, a.oy
+    Jb, oxb, oyb = b.Jw, b.ox, b.oy
+    ka, Sya, Sxa = Ja.shape[1:4]
+    kb, Syb, Sxb = Jb.shape[1:4]
+    ry = (oya[pa] - oyb[pb])[:, None] + jnp.arange(Sya)  # rows of stamp b under stamp a
+    rx = (oxa[pa] - oxb[pb])[:, None] + jnp.arange(Sxa)
+    mask = (((ry >= 0) & (ry < Syb))[:, :, None] & ((rx >= 0) & (rx < Sxb))[:, None, :])
+    ryc, rxc = jnp.clip(ry, 0, Syb - 1), jnp.clip(rx, 0, Sxb - 1)
+    win = Jb[pb[:, None, None, None], jnp.arange(kb)[None, :, None, None],
+             ryc[:, None, :, None], rxc[:, None, None, :]]  # (P, kb, Sya, Sxa)
+    Fa = (Ja[pa] * (mask * valid[:, None, None])[:, None]).reshape(-1, ka, Sya * Sxa)
+    return _gram(Fa, win.reshape(-1, kb, Sya * Sxa))
 
 
-def _pair_blocks_full(a, b, pa, pb, valid):
-    """As _pair_blocks when both stamps cover the whole image (same pixels, no shift)."""
-    return jnp.einsum("pyxa,pyxb->pab", a[0][pa], b[0][pb]) * valid[:, None, None]
+def _blocks_with_full(a, b):
+    """Blocks of every source of unit a with every source of a unit b whose stamps cover the
+    whole image: (na, ka, nb * kb), sums over stamp a's pixels."""
+    Ja, oxa, oya = a.Jw, a.ox, a.oy
+    Jb = b.Jw
+    na, ka, Sya, Sxa = Ja.shape
+    nb, kb, H, W = Jb.shape
+    Jb = Jb.reshape(nb * kb, H, W)
+    win = jax.vmap(lambda x, y: jax.lax.dynamic_slice(Jb, (jnp.zeros_like(y), y, x), (nb * kb, Sya, Sxa)))(oxa, oya)
+    return _gram(Ja.reshape(na, ka, Sya * Sxa), win.reshape(na, nb * kb, Sya * Sxa))
+
+
+def jvp_major(f, x):
+    """(f(x), Jacobian with the parameter axis first) in one forward pass (see jacfwd_major)."""
+    basis = jnp.eye(x.shape[0], dtype=x.dtype)
+    return jax.vmap(lambda t: jax.jvp(f, (x,), (t,)), out_axes=(None, 0))(basis)
+
+
+def jacfwd_major(f, x):
+    """Forward-mode Jacobian of f at x (1-D) with the parameter axis FIRST: (k, *f(x).shape).
+
+    Same values as ``jnp.moveaxis(jax.jacfwd(f)(x), -1, 0)``; XLA:CPU is slow at
+    moving a short parameter axis to the minor position, so it is never put there.
+    """
+    basis = jnp.eye(x.shape[0], dtype=x.dtype)
+    return jax.vmap(lambda t: jax.jvp(f, (x,), (t,))[1])(basis)
 
 
 def solve_normal(A, g, damp=0.0):

@@ -17,7 +17,7 @@ import numpy as np
 from . import profiles
 from .ellipses import EllipseE, EllipseESoft, GalaxyShape, LogRadius
 from .params import ScalarParam
-from .psf import mog_radius
+from .psf import INTERP_CHI2, mog_radius, mog_step
 from .source import Source
 
 __all__ = [
@@ -57,8 +57,9 @@ def _split_parts(sigmas_re):
     return (core, wing) if core and wing else (tuple(range(len(sig))),)
 
 
-def _radius(image, counts, components, part=None):
-    """Stamp radius (pixels) of a galaxy: its profile components x the PSF.
+def _pixel_mog(image, components, part=None):
+    """Flux fractions (K*P,) and covariances (K*P, 2, 2) (pixels) of a galaxy's profile
+    components convolved with the PSF.
 
     ``components``: list of (flux fraction, (amps, vars), shape) per profile;
     ``part``: indices of the concatenated components to include (default all).
@@ -76,8 +77,20 @@ def _radius(image, counts, components, part=None):
     pa, pm, pc = image.psf.getMixtureOfGaussians()
     A = (amps[:, None] * pa[None, :]).ravel()
     C = (covs[:, None] + pc[None, :]).reshape(-1, 2, 2)
+    return A, C
+
+
+def _radius(image, counts, components, part=None):
+    """Stamp radius (pixels) of a galaxy: its profile components x the PSF (see _pixel_mog)."""
+    A, C = _pixel_mog(image, components, part)
     r = mog_radius(A, np.zeros((len(A), 2)), C, counts, image.noise_sigma)
     return min(r, float(max(image.shape)))
+
+
+def _step(image, counts, components, part=None, chi2_frac=1.0):
+    """Coarse-grid step of a galaxy's render unit (psf.mog_step; see _pixel_mog)."""
+    A, C = _pixel_mog(image, components, part)
+    return mog_step(A, C, counts, image.noise_sigma, chi2_frac * INTERP_CHI2)
 
 
 class Galaxy(Source):
@@ -137,6 +150,9 @@ class Galaxy(Source):
 
     def _stamp_radius(self, image, counts, part=None):
         return _radius(image, counts, self._components(), part)
+
+    def _stamp_step(self, image, counts, part=None, chi2_frac=1.0):
+        return _step(image, counts, self._components(), part, chi2_frac)
 
 
 class ExpGalaxy(Galaxy):
@@ -220,12 +236,17 @@ class CompositeGalaxy(Source):
         pc = image.photocal
         return pc.brightnessToCounts(self.brightnessExp) + pc.brightnessToCounts(self.brightnessDev)
 
-    def _stamp_radius(self, image, counts, part=None):
+    def _image_components(self, image):
         pc = image.photocal
         ce, cd = pc.brightnessToCounts(self.brightnessExp), pc.brightnessToCounts(self.brightnessDev)
         tot = abs(ce) + abs(cd) or 1.0
-        return _radius(image, counts, [(abs(ce) / tot, _EXP, self.shapeExp),
-                                       (abs(cd) / tot, _DEV, self.shapeDev)], part)
+        return [(abs(ce) / tot, _EXP, self.shapeExp), (abs(cd) / tot, _DEV, self.shapeDev)]
+
+    def _stamp_radius(self, image, counts, part=None):
+        return _radius(image, counts, self._image_components(image), part)
+
+    def _stamp_step(self, image, counts, part=None, chi2_frac=1.0):
+        return _step(image, counts, self._image_components(image), part, chi2_frac)
 
     def _render_parts(self):
         return _split_parts(np.sqrt(np.concatenate([_EXP[1], _DEV[1]])))
@@ -268,10 +289,15 @@ class FixedCompositeGalaxy(Source):
     def getBrightness(self):
         return self.brightness
 
-    def _stamp_radius(self, image, counts, part=None):
+    def _image_components(self, image):
         f = self.fracDev.clipped()
-        return _radius(image, counts, [(1 - f, _EXP, self.shapeExp), (f, _DEV, self.shapeDev)],
-                       part)
+        return [(1 - f, _EXP, self.shapeExp), (f, _DEV, self.shapeDev)]
+
+    def _stamp_radius(self, image, counts, part=None):
+        return _radius(image, counts, self._image_components(image), part)
+
+    def _stamp_step(self, image, counts, part=None, chi2_frac=1.0):
+        return _step(image, counts, self._image_components(image), part, chi2_frac)
 
     def _render_parts(self):
         return _split_parts(np.sqrt(np.concatenate([_EXP[1], _DEV[1]])))

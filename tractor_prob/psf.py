@@ -55,6 +55,68 @@ def mog_radius(amps, means, covs, flux=None, noise=None) -> float:
     return float(np.clip(r_cut, rmin, rmax))
 
 
+#: Wide, smooth render units are evaluated on a coarser grid, every ``step``-th
+#: pixel per axis, and interpolated to the pixel centres by separable 4-point
+#: (cubic) Lagrange interpolation (``render.mog.render_stamp``): the step of a
+#: unit is the largest power of two <= STEP_MAX for which the estimated chi^2 of
+#: the interpolation error (at the brightest member's flux, in the image's median
+#: pixel noise) stays below INTERP_CHI2 (see ``interp_chi2``).  The model *is*
+#: the interpolated render (getModelImage, likelihood and derivatives alike).
+INTERP_CHI2 = 0.01
+STEP_MAX = 8
+
+
+def _lagrange_phase_moments(step: int):
+    """Mean and mean square over the pixel phases t = r/step (r = 0..step-1) of the
+    4-point Lagrange error polynomial (t+1) t (t-1) (t-2)."""
+    t = np.arange(step) / step
+    p = (t + 1) * t * (t - 1) * (t - 2)
+    return float(np.mean(p)), float(np.mean(p * p))
+
+
+def interp_chi2(amps, covs, flux, noise, step: int) -> float:
+    """Estimated chi^2 of the error made by rendering a MoG on a grid of ``step``
+    pixels and interpolating (4-point Lagrange per axis), for ``flux`` counts in
+    pixel ``noise``.
+
+    Per axis the interpolation error is -(step^4 / 24) pi(t) d^4 f / dx^4 with
+    pi(t) = (t+1) t (t-1) (t-2) at the pixel's phase t between nodes.  For a
+    Gaussian component of flux a and covariance C, Parseval gives
+    sum_pixels (d^4_x G)^2 = a^2 105 S_xx^4 / (4 pi sqrt(det C)) and
+    sum (d^4_x G)(d^4_y G) = a^2 (9 S_xx^2 S_yy^2 + 72 S_xx S_yy S_xy^2 + 24 S_xy^4)
+    / (4 pi sqrt(det C)), with S = (2C)^-1; phases are averaged over the pixels.  The
+    errors of the components add coherently: chi^2 <= (sum_k sqrt(chi^2_k))^2.  This
+    leading-order estimate overestimates the exact error (tests/test_render.py
+    compares the two), also where step is comparable to the width.
+    """
+    if step <= 1:
+        return 0.0
+    amps = np.abs(np.asarray(amps, float)) * abs(flux)
+    covs = np.asarray(covs, float)
+    det = covs[:, 0, 0] * covs[:, 1, 1] - covs[:, 0, 1] ** 2
+    sxx = covs[:, 1, 1] / (2 * det)
+    syy = covs[:, 0, 0] / (2 * det)
+    sxy = -covs[:, 0, 1] / (2 * det)
+    m1, m2 = _lagrange_phase_moments(step)
+    k8 = 105.0 * (sxx**4 + syy**4)
+    k44 = 9 * sxx**2 * syy**2 + 72 * sxx * syy * sxy**2 + 24 * sxy**4
+    per = (step**8 / 576.0) * amps**2 / (4 * np.pi * np.sqrt(det) * noise**2) * (m2 * k8 + 2 * m1 * m1 * k44)
+    return float(np.sum(np.sqrt(per)) ** 2)
+
+
+def mog_step(amps, covs, flux=None, noise=None, chi2=None) -> int:
+    """Coarse-grid step (1, 2, 4, ... <= STEP_MAX) for rendering a MoG of ``flux`` counts in
+    pixel ``noise``: the largest whose ``interp_chi2`` is below ``chi2`` (INTERP_CHI2);
+    1 without flux and noise."""
+    if flux is None or noise is None or not noise > 0 or len(np.atleast_1d(amps)) == 0:
+        return 1
+    chi2 = INTERP_CHI2 if chi2 is None else chi2
+    step = 1
+    while step * 2 <= STEP_MAX and interp_chi2(amps, covs, flux, noise, step * 2) <= chi2:
+        step *= 2
+    return step
+
+
 class _MoGRadius:
     """getRadius() shared by the MoG PSFs, cached on the current values."""
 

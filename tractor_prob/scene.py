@@ -77,6 +77,7 @@ class ImagePlan(NamedTuple):
     spec: Spec  # calibration spec common to the group
     shape: tuple  # (H, W)
     stamps: tuple  # (Sy, Sx) stamp size of each render unit in these images
+    steps: tuple  # coarse-grid step of each render unit (1 = every pixel; psf.mog_step)
     members: tuple  # image indices
     offsets: tuple  # index of each member's first parameter in theta
 
@@ -99,6 +100,10 @@ class Plan(NamedTuple):
 
 #: a stamp radius is kept while the wanted radius stays above this fraction of it
 STAMP_SHRINK = 0.7
+#: a render unit's coarse-grid step only grows when the coarser step's estimated
+#: interpolation chi^2 is below this fraction of psf.INTERP_CHI2 (it shrinks as soon as
+#: the current step's estimate exceeds INTERP_CHI2)
+STEP_GROW = 0.25
 
 
 def _stamp_size(r: float, H: int, W: int) -> tuple:
@@ -142,7 +147,7 @@ def compile_tractor(tractor):
     image_groups: dict = {}
     for i, (spec, off, img) in enumerate(img_specs):
         H, W = img.shape
-        stamps = []
+        stamps, steps = [], []
         for g, p in units:
             gp = group_plans[g]
             srcs = [catalog.subs[j] for j in gp.members]
@@ -154,12 +159,19 @@ def compile_tractor(tractor):
                 r = r_old
             memo[key] = r
             stamps.append(_stamp_size(r, H, W))
-        key = (spec, (H, W), tuple(stamps))
+            b = min(s._stamp_step(img, counts, gp.parts[p]) for s in srcs)
+            b_old = memo.get(key + ("step",))
+            if b_old is not None and b_old < b:
+                b = max(b_old, min(s._stamp_step(img, counts, gp.parts[p], STEP_GROW)
+                                   for s in srcs))
+            memo[key + ("step",)] = b
+            steps.append(b)
+        key = (spec, (H, W), tuple(stamps), tuple(steps))
         members = image_groups.setdefault(key, ([], []))
         members[0].append(i)
         members[1].append(off)
-    image_plans = tuple(ImagePlan(spec, shape, stamps, tuple(m), tuple(o))
-                        for (spec, shape, stamps), (m, o) in image_groups.items())
+    image_plans = tuple(ImagePlan(spec, shape, stamps, steps, tuple(m), tuple(o))
+                        for (spec, shape, stamps, steps), (m, o) in image_groups.items())
     plan = Plan(len(values), len(catalog.subs), len(images.subs), image_plans, group_plans, units)
     theta = np.array(values, dtype=np.float64)
     return plan, theta, np.array(thawed, dtype=bool), priors
@@ -175,6 +187,12 @@ def get_compiled(plan: Plan) -> "Compiled":
             _CACHE.clear()
         c = _CACHE[plan] = Compiled(plan)
     return c
+
+
+def is_lattice(ip: ImagePlan, u: int) -> bool:
+    """Render unit u of image group ip covers the whole image on a coarse grid: its native
+    stamps are the coarse nodes (one lattice for all its sources, origin 0)."""
+    return tuple(ip.stamps[u]) == tuple(ip.shape) and ip.steps[u] > 1
 
 
 class Compiled:
@@ -239,18 +257,38 @@ class Compiled:
         return amps[..., idx], means[..., idx, :], covs[..., idx, :, :]
 
     def stamp_fn(self, ig, u):
-        """f(v (k,), img_vals, ox, oy) -> stamp (Sy, Sx) of one source of render unit u."""
+        """f(v (k,), img_vals, ox, oy) -> native stamp of one source of render unit u: the
+        (Sy, Sx) pixels, or for a lattice unit (``is_lattice``) its coarse nodes."""
         ip = self.plan.images[ig]
         gs = self.plan.groups[self.plan.units[u][0]].spec
-        Sy, Sx = ip.stamps[u]
 
         def f(v, img_vals, ox, oy):
             ctx = ImageContext(ip.spec, img_vals)
             amps, means, covs = self._part(u, *gs.cls._jax_mog(gs, v, ctx))
             A, M, C = mog.convolve(amps, means, covs, *ctx.psf_mog())
-            return mog.eval_stamp(A, M, C, ox, oy, Sy, Sx)
+            return self._native(ig, u, A, M, C, ox, oy)
 
         return f
+
+    def _native(self, ig, u, A, M, C, ox, oy):
+        """Native stamp of one source (see stamp_fn) from its PSF-convolved MoG."""
+        ip = self.plan.images[ig]
+        (Sy, Sx), step = ip.stamps[u], ip.steps[u]
+        if is_lattice(ip, u):
+            return mog.eval_stamp(A, M, C, ox - step, oy - step, mog.n_nodes(Sy, step),
+                                  mog.n_nodes(Sx, step), step)
+        return mog.render_stamp(A, M, C, ox, oy, Sy, Sx, step)
+
+    def add_unit(self, ig, u, model, stamps, ox, oy):
+        """Add the native stamps (n, ...) of render unit u's sources into the model image:
+        lattice units are summed on their nodes and interpolated once; stamps covering the
+        image are summed; others are scatter-added."""
+        ip = self.plan.images[ig]
+        if is_lattice(ip, u):
+            return model + mog.upsample(jnp.sum(stamps, axis=0), ip.steps[u], *ip.shape)
+        if stamps.shape[1:] == model.shape:
+            return model + jnp.sum(stamps, axis=0)
+        return mog.add_stamps(model, stamps, ox, oy)
 
     def unit_origins(self, ig, u, img_vals, theta):
         """(ox, oy, cx, cy): stamp origins and source centres (pixels) of render unit u."""
@@ -259,24 +297,33 @@ class Compiled:
         ox, oy = mog.stamp_origin(cx, cy, *ip.stamps[u], *ip.shape)
         return ox, oy, cx, cy
 
-    def model_image(self, ig, img_vals, theta, src_on=None, sky_on=1.0):
+    def model_image(self, ig, img_vals, theta, src_on=None, sky_on=1.0, given=None):
         """Model (H, W) of one image of group ig; ``src_on`` (n_src,) and ``sky_on`` scale
-        sources and sky."""
+        sources and sky.  ``given``: optional per render unit (stamps, ox, oy) already
+        rendered by ``stamp_fn`` (native stamps; the fitter gets them with its
+        derivatives), or None to render here."""
         ip = self.plan.images[ig]
         ctx = ImageContext(ip.spec, img_vals)
         psf = ctx.psf_mog()
         model = jnp.zeros(ip.shape, theta.dtype)
         for g, gp in enumerate(self.plan.groups):
+            units = [u for u, (gu, _) in enumerate(self.plan.units) if gu == g]
+            if given is not None and all(given[u] is not None for u in units):
+                for u in units:
+                    model = self.add_unit(ig, u, model, *given[u])
+                continue
             amps, means, covs, cx, cy = self.source_mog(ig, g, img_vals, theta)
             if src_on is not None:
                 amps = amps * src_on[np.asarray(gp.members)][:, None]
-            for u in (u for u, (gu, _) in enumerate(self.plan.units) if gu == g):
+            for u in units:
+                if given is not None and given[u] is not None:
+                    model = self.add_unit(ig, u, model, *given[u])
+                    continue
                 Sy, Sx = ip.stamps[u]
                 ox, oy = mog.stamp_origin(cx, cy, Sy, Sx, *ip.shape)
                 A, M, C = mog.convolve(*self._part(u, amps, means, covs), *psf)
-                stamps = jax.vmap(mog.eval_stamp, (0, 0, 0, 0, 0, None, None))(
-                    A, M, C, ox, oy, Sy, Sx)
-                model = mog.add_stamps(model, stamps, ox, oy)
+                stamps = jax.vmap(lambda *a, u=u: self._native(ig, u, *a))(A, M, C, ox, oy)
+                model = self.add_unit(ig, u, model, stamps, ox, oy)
         return model + sky_on * ctx.sky()
 
     def model_images(self, ig, theta, src_on=None, sky_on=1.0):

@@ -9,7 +9,8 @@ methods, dispatched from its :class:`~tractor_prob.params.Spec`):
 - ``_jax_center(spec, vals, ctx)`` -> (x, y) pixel where its stamp is centred;
 
 and Python methods ``_stamp_counts(image)``, ``_stamp_radius(image, counts, part)``
-(pixels, from current values; the brightest source of a kind sets its stamp size) and
+(pixels, from current values; the brightest source of a kind sets its stamp size),
+``_stamp_step(image, counts, part)`` (coarse-grid step, ``psf.mog_step``) and
 ``_render_parts()`` (which components share a stamp: wide galaxy wings get their own).
 ``ctx`` (:class:`tractor_prob.scene.ImageContext`) converts positions and
 brightnesses with the image's calibrations.  A user-defined source (e.g. a
@@ -23,6 +24,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from .params import MultiParams
+from .psf import INTERP_CHI2, mog_step
 
 __all__ = ["Source", "PointSource", "Catalog"]
 
@@ -44,6 +46,12 @@ class Source(MultiParams):
         """Stamp radius (pixels) in ``image`` when the source has ``counts`` counts;
         ``part``: the components (indices into ``_jax_mog``'s output) to cover."""
         return image.psf.getRadius(counts, image.noise_sigma)
+
+    def _stamp_step(self, image, counts, part=None, chi2_frac=1.0) -> int:
+        """Coarse-grid step (``psf.mog_step``) of this source's ``part`` in ``image`` with
+        ``counts`` counts, for an interpolation chi^2 budget of ``chi2_frac`` INTERP_CHI2."""
+        a, _, c = image.psf.getMixtureOfGaussians()
+        return mog_step(a, c, counts, image.noise_sigma, chi2_frac * INTERP_CHI2)
 
     def _render_parts(self):
         """Components rendered into separate stamps: a tuple of index tuples into
