@@ -272,18 +272,15 @@ def test_optimize_never_steps_into_illegal_shapes(shapes):
     assert gal.shape.e > 0.95 if isinstance(gal.shape, EllipseE) else gal.shape.ab < 0.1
 
 
-@pytest.mark.xfail(reason="REPORTED: with the shape frozen, Tractor.getLogProb() is finite "
-                   "(priors/legality of thawed parameters only, as in the Tractor) but "
-                   "Fitter.log_prob is -inf (scene.Compiled.legal checks frozen values too), so "
-                   "optimize() silently refuses every step", strict=False)
 def test_frozen_illegal_shape_is_consistent():
+    """A frozen illegal shape makes the model undefined: -inf, and optimize() says why."""
     tr = _one_galaxy_tractor(EllipseE(3.0, 1.2, 0.0))
     tr.getImage(0).data = np.random.default_rng(0).normal(size=(25, 25))
     tr.catalog[0].freezeParam("shape")
-    lp = tr.getLogProb()
-    dlnp, X, alpha = tr.optimize()
-    # either both say 'illegal' or the fit of the thawed flux / position proceeds
-    assert lp == -np.inf or alpha > 0
+    # the model is undefined there: the log-probability says so, and fitting refuses clearly
+    assert tr.getLogProb() == -np.inf
+    with pytest.raises(ValueError, match="illegal"):
+        tr.optimize()
 
 
 # =========================================================================== (b) GalSim images

@@ -182,9 +182,15 @@ class Tractor(MultiParams):
         """Log likelihood + log prior (Gaussian priors on thawed parameters);
         -inf when a parameter is outside its legal domain (e.g. |e| >= 1)."""
         lp = self.getLogPrior()
-        if not np.isfinite(lp):
+        if not np.isfinite(lp) or not self.isLegal():
             return -np.inf
         return self.getLogLikelihood() + lp
+
+    def _illegal_objects(self):
+        """Paths of sources/calibrations whose (thawed or frozen) values are illegal."""
+        out = [f"image{i}" for i, im in enumerate(self.images.subs) if not im.isLegal()]
+        out += [f"source{j} ({s})" for j, s in enumerate(self.catalog.subs) if not s.isLegal()]
+        return out
 
     # --- derivatives ---
     def getDerivs(self):
@@ -263,6 +269,11 @@ class Tractor(MultiParams):
         full step X (one entry per thawed parameter) and the fraction alpha of
         it that was taken (0 and no change if no fraction improved).
         """
+        bad = self._illegal_objects()
+        if bad:
+            raise ValueError(
+                "cannot optimize from illegal parameter values (log-probability -inf): "
+                + "; ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
         fitter, theta, pairs, pri = self._fit_inputs()
         if fitter.nt == 0:
             return 0.0, np.zeros(0), 0.0
