@@ -155,10 +155,17 @@ class Fitter:
         self.derivs = jax.jit(self._derivs)
 
     # --- pieces (one image: ig, its calibration values iv) ---
-    def _source_jacobians(self, ig, iv, theta):
-        """Per render unit: (J (n, k, Sy, Sx) unweighted stamp derivatives, ox, oy, stamps
-        (n, Sy, Sx)) or None (no thawed parameter)."""
+    def _source_jacobians(self, ig, iv, theta, w=None):
+        """Per render unit: (J (n, k, ...) stamp derivatives, ox, oy, stamps (n, ...)) on
+        native stamps (nodes of lattice units), or None (no thawed parameter).
+
+        With the image's weights ``w``, J is weighted (J w) except for lattice units, and
+        each unit is computed in a conditional whose outputs XLA must store: otherwise it
+        fuses the Jacobian's computation (exps of every component) into each consumer
+        (every pair block's gather) and recomputes it many times over.
+        """
         c = self.c
+        ip = c.plan.images[ig]
         out = []
         for u, (g, _) in enumerate(c.plan.units):
             if not self.unit_free[u]:
@@ -166,8 +173,23 @@ class Fitter:
                 continue
             ox, oy, _, _ = c.unit_origins(ig, u, iv, theta)
             f = c.stamp_fn(ig, u)
-            st, J = jax.vmap(lambda v, ox1, oy1: jvp_major(lambda v: f(v, iv, ox1, oy1), v))(
-                c.group_values(g, theta), ox, oy)
+            Sy, Sx = ip.stamps[u]
+
+            def unit(theta, iv, ox, oy, w, f=f, g=g, u=u, Sy=Sy, Sx=Sx):
+                st, J = jax.vmap(lambda v, ox1, oy1: jvp_major(lambda v: f(v, iv, ox1, oy1), v))(
+                    c.group_values(g, theta), ox, oy)
+                if w is not None and not is_lattice(ip, u):
+                    if (Sy, Sx) == tuple(ip.shape):
+                        J = J * w
+                    else:
+                        J = J * mog.gather_stamps(w, ox, oy, Sy, Sx)[:, None]
+                return st, J
+
+            args = (theta, iv, ox, oy, w)
+            if w is None:
+                st, J = unit(*args)
+            else:
+                st, J = _stored(unit, args, theta[0] == theta[0])
             out.append((J, ox, oy, st))
         return out
 
@@ -199,7 +221,7 @@ class Fitter:
         iv, d, w, pairs_i, ct = x
         c = self.c
         ip = c.plan.images[fg.ig]
-        sjs = self._source_jacobians(fg.ig, iv, theta)
+        sjs = self._source_jacobians(fg.ig, iv, theta, w)
         given = [None if sj is None else (sj[3], sj[1], sj[2]) for sj in sjs]
         chi = (d - c.model_image(fg.ig, iv, theta, given=given)) * w
         lnl = lnl - 0.5 * jnp.sum(chi * chi)
@@ -219,43 +241,55 @@ class Fitter:
             cols = jnp.asarray(self.unit_cols[u])
             full = (Sy, Sx) == tuple(ip.shape)  # stamps cover the image: origins are 0
             Jl = None
-            if is_lattice(ip, u):  # J is on the unit's coarse nodes
-                step = ip.steps[u]
-                Jl = _materialize(J, theta)
-                J = mog.upsample(Jl, step, Sy, Sx)
-                # J^T W r on the nodes: the interpolation's adjoint applied to w chi
-                wchi = _upsample_adjoint(w * chi, step, Sy, Sx)
-                grad = grad.at[cols].add(Jl.reshape(n, k, -1) @ wchi.reshape(-1))
             if full:
                 w_st = w
-                Jw = J * w
                 chi_st = chi.reshape(1, Sy * Sx, 1)
             else:
                 w_st = mog.gather_stamps(w, ox, oy, Sy, Sx)
-                Jw = J * w_st[:, None]
                 chi_st = mog.gather_stamps(chi, ox, oy, Sy, Sx).reshape(n, Sy * Sx, 1)
-            Jw = _materialize(Jw, theta)
-            F = Jw.reshape(n, k, Sy * Sx)  # matmuls on flat stamps: XLA:CPU's fast path
-            if Jl is None:
-                grad = grad.at[cols].add(jnp.matmul(F, chi_st)[..., 0])
-            if full:  # every pair of members overlaps: one Gram matrix, pairs included
-                Ff = F.reshape(n * k, Sy * Sx)
-                cf = cols.reshape(-1)
-                A = A.at[cf[:, None], cf[None, :]].add(Ff @ Ff.T)
+            cf = cols.reshape(-1)
+            Q = None
+            if is_lattice(ip, u):
+                # J: unweighted, on the unit's nodes; every sum over pixels of J times a
+                # pixel image becomes a sum over nodes with the interpolation's adjoint U^T
+                # applied to that image: J^T W r = J_nodes . U^T (w chi), and the Gram
+                # matrix J^T W J = J_nodes . Q with Q = U^T (w^2 U J_nodes) (per column)
+                step = ip.steps[u]
+                Jl, Jw = J, None
+                Lf = Jl.reshape(n * k, -1)
+                wchi = mog.upsample_adjoint(w * chi, step, Sy, Sx)
+                grad = grad.at[cols].add((Lf @ wchi.reshape(-1)).reshape(n, k))
+                w2 = w * w
+                Q = jax.vmap(lambda j: mog.upsample_adjoint(
+                    w2 * mog.upsample(j, step, Sy, Sx), step, Sy, Sx))(
+                    Jl.reshape(n * k, *Jl.shape[2:]))
+                A = A.at[cf[:, None], cf[None, :]].add(Lf @ Q.reshape(n * k, -1).T)
+                if Jc is not None:
+                    nc = Jc.shape[0]
+                    D = mog.upsample_adjoint(Jc * w, step, Sy, Sx).reshape(nc, -1)
+                    cross = (Lf @ D.T).reshape(n, k, nc)
             else:
-                A = A.at[cols[:, :, None], cols[:, None, :]].add(_gram(F, F))
-            if Jc is not None:
-                nc = Jc.shape[0]
-                if full:
-                    Jc_st = Jc.reshape(nc, Sy * Sx).T
+                Jw = J  # weighted already
+                F = Jw.reshape(n, k, Sy * Sx)  # matmuls on flat stamps: XLA:CPU's fast path
+                grad = grad.at[cols].add(jnp.matmul(F, chi_st)[..., 0])
+                if full:  # every pair of members overlaps: one Gram matrix, pairs included
+                    Ff = F.reshape(n * k, Sy * Sx)
+                    A = A.at[cf[:, None], cf[None, :]].add(Ff @ Ff.T)
                 else:
-                    Jc_st = jnp.swapaxes(
-                        mog.gather_stamps(Jc, ox, oy, Sy, Sx).reshape(nc, n, Sy * Sx), 0, 1)
-                    Jc_st = jnp.swapaxes(Jc_st, 1, 2)
-                cross = jnp.matmul(F, Jc_st)  # (n, k, nc)
+                    A = A.at[cols[:, :, None], cols[:, None, :]].add(_gram(F, F))
+                if Jc is not None:
+                    nc = Jc.shape[0]
+                    if full:
+                        Jc_st = Jc.reshape(nc, Sy * Sx).T
+                    else:
+                        Jc_st = jnp.swapaxes(
+                            mog.gather_stamps(Jc, ox, oy, Sy, Sx).reshape(nc, n, Sy * Sx), 0, 1)
+                        Jc_st = jnp.swapaxes(Jc_st, 1, 2)
+                    cross = jnp.matmul(F, Jc_st)  # (n, k, nc)
+            if Jc is not None:
                 A = A.at[cols[:, :, None], ct[None, None, :]].add(cross)
                 A = A.at[ct[None, :, None], cols[:, None, :]].add(jnp.swapaxes(cross, 1, 2))
-            stamps.append(_Unit(Jw, ox, oy, cols, full, w_st, Jl, ip.steps[u]))
+            stamps.append(_Unit(Jw, ox, oy, cols, full, w_st, Jl, Q, ip.steps[u]))
         A = self._add_pairs(A, stamps, pairs_i, ip.shape)
         return A, grad, lnl
 
@@ -275,7 +309,10 @@ class Fitter:
             def body(carry, x, fg=fg):
                 return self._image_terms(fg, carry, x, theta), None
 
-            carry, _ = jax.lax.scan(body, carry, xs)
+            if len(pos) == 1:  # no loop: XLA:CPU runs a loop body's fusions on one thread
+                carry, _ = body(carry, jax.tree_util.tree_map(lambda a: a[0], xs))
+            else:
+                carry, _ = jax.lax.scan(body, carry, xs)
         A, grad, lnl = carry
         tidx, mu, sig = pri
         pt = jnp.asarray(self.t_of)[tidx]
@@ -299,9 +336,7 @@ class Fitter:
                 if a.full and b.full:  # both cover the image: all pairs, no shifts
                     if u1 == u2:
                         continue
-                    na, ka = a.Jw.shape[:2]
-                    nb, kb = b.Jw.shape[:2]
-                    B = a.Jw.reshape(na * ka, -1) @ b.Jw.reshape(nb * kb, -1).T
+                    B = _full_blocks(a, b, shape)
                     ca, cb = a.cols.reshape(-1), b.cols.reshape(-1)
                     A = A.at[ca[:, None], cb[None, :]].add(B)
                     A = A.at[cb[:, None], ca[None, :]].add(B.T)
@@ -358,7 +393,9 @@ class Fitter:
             j, _ = state
             return j + 1, lnp_at(alphas[j])
 
-        j, best = jax.lax.while_loop(cond, body, (0, -jnp.inf))
+        # the first fraction outside the loop (it is usually taken): XLA:CPU runs the
+        # fusions of a loop body on one thread
+        j, best = jax.lax.while_loop(cond, body, (1, lnp_at(alphas[0])))
         improved = best > lnp0
         alpha = jnp.where(improved, alphas[jnp.maximum(j - 1, 0)], 0.0)
         theta_new = theta.at[T].add(alpha * X)
@@ -388,20 +425,32 @@ class Fitter:
 class _Unit(NamedTuple):
     """A render unit's terms in one image, for the pair blocks."""
 
-    Jw: object  # (n, k, Sy, Sx) weighted stamp Jacobians
+    Jw: object  # (n, k, Sy, Sx) weighted stamp Jacobians (None for lattice units)
     ox: object  # (n,) stamp origins
     oy: object
     cols: object  # (n, k) columns in the system
     full: bool  # stamps cover the image
     w: object  # (n, Sy, Sx) weights on the stamps ((H, W) if full)
     Jl: object  # lattice units: (n, k, ny, nx) unweighted Jacobians on the nodes, else None
+    Q: object  # lattice units: U^T (w^2 U Jl), same shape
     step: int
 
 
-def _upsample_adjoint(img, step, Sy, Sx):
-    """Adjoint of ``mog.upsample`` (nodes -> pixels) applied to an (Sy, Sx) image."""
-    nodes = jax.ShapeDtypeStruct((mog.n_nodes(Sy, step), mog.n_nodes(Sx, step)), img.dtype)
-    return jax.linear_transpose(lambda c: mog.upsample(c, step, Sy, Sx), nodes)(img)[0]
+def _full_blocks(a, b, shape):
+    """Blocks (na * ka, nb * kb) between two units whose stamps cover the image."""
+    if a.Jl is None and b.Jl is None:
+        return a.Jw.reshape(-1, shape[0] * shape[1]) @ b.Jw.reshape(-1, shape[0] * shape[1]).T
+    if a.Jl is None:
+        return _full_blocks(b, a, shape).T
+    H, W = shape
+    La = a.Jl.reshape(-1, a.Jl.shape[2] * a.Jl.shape[3])
+    if b.Jl is None:  # sum over pixels of (U Ja) w (w Jb) = Ja . U^T (w Jb w)
+        D = mog.upsample_adjoint(b.Jw * b.w, a.step, H, W)
+    elif b.step == a.step:
+        D = b.Q
+    else:
+        D = mog.upsample_adjoint(b.w * b.w * mog.upsample(b.Jl, b.step, H, W), a.step, H, W)
+    return La @ D.reshape(-1, La.shape[1]).T
 
 
 def _phase_tables(step: int, size: int):
@@ -446,12 +495,16 @@ def _blocks_with_lattice(a, b, shape):
     return _gram(D.reshape(na, ka, my * mx), win.reshape(na, nb * kb, my * mx))
 
 
-def _materialize(x, theta):
-    """x, computed once and stored: XLA:CPU would otherwise fuse the computation of x
-    (the sum over a stamp's Gaussian components) into each of its consumers (every pair
-    block's gather), recomputing it many times; it drops optimization barriers, but
-    not a conditional's boundary (the predicate is true unless theta[0] is NaN)."""
-    return jax.lax.cond(theta[0] == theta[0], lambda x: x, jnp.zeros_like, x)
+def _stored(f, args, pred):
+    """f(*args), computed once into stored buffers: a conditional (``pred`` is true; XLA
+    cannot know) is a fusion boundary, which XLA:CPU keeps (it drops optimization
+    barriers).  The other branch returns zeros."""
+    shapes = jax.eval_shape(f, *args)
+
+    def zeros(*_):
+        return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    return jax.lax.cond(pred, f, zeros, *args)
 
 
 def _gram(Fa, Fb):
@@ -462,22 +515,22 @@ def _gram(Fa, Fb):
 def _pair_blocks(a, b, pa, pb, valid):
     """sum over stamp a's pixels of Ja^T Jb for the listed pairs: (P, ka, kb).
 
-    ``a``, ``b``: (weighted J (n, k, Sy, Sx), ox, oy, cols, full) of two render units;
-    stamp b's Jacobian is read at stamp a's pixels by a gather with clamped
-    indices, and stamp a's pixels that stamp b does not cover are masked out.
+    ``a``, ``b``: the _Unit terms of two render units; stamp b's weighted Jacobian is
+    read at stamp a's pixels as one block per pair (dynamic slice) from a copy of it padded
+    with zeros (XLA:CPU copies blocks much faster than it gathers single elements).
     """
     Ja, oxa, oya = a.Jw, a.ox, a.oy
     Jb, oxb, oyb = b.Jw, b.ox, b.oy
     ka, Sya, Sxa = Ja.shape[1:4]
     kb, Syb, Sxb = Jb.shape[1:4]
-    ry = (oya[pa] - oyb[pb])[:, None] + jnp.arange(Sya)  # rows of stamp b under stamp a
-    rx = (oxa[pa] - oxb[pb])[:, None] + jnp.arange(Sxa)
-    mask = (((ry >= 0) & (ry < Syb))[:, :, None] & ((rx >= 0) & (rx < Sxb))[:, None, :])
-    ryc, rxc = jnp.clip(ry, 0, Syb - 1), jnp.clip(rx, 0, Sxb - 1)
-    win = Jb[pb[:, None, None, None], jnp.arange(kb)[None, :, None, None],
-             ryc[:, None, :, None], rxc[:, None, None, :]]  # (P, kb, Sya, Sxa)
-    Fa = (Ja[pa] * (mask * valid[:, None, None])[:, None]).reshape(-1, ka, Sya * Sxa)
-    return _gram(Fa, win.reshape(-1, kb, Sya * Sxa))
+    Jb_pad = jnp.pad(Jb, ((0, 0), (0, 0), (Sya, Sya), (Sxa, Sxa)))
+    # row/column of padded stamp b that lies under stamp a's first pixel
+    y0 = jnp.clip(oya[pa] - oyb[pb] + Sya, 0, Syb + Sya)
+    x0 = jnp.clip(oxa[pa] - oxb[pb] + Sxa, 0, Sxb + Sxa)
+    win = jax.vmap(lambda j, y, x: jax.lax.dynamic_slice(
+        Jb_pad, (j, jnp.zeros_like(y), y, x), (1, kb, Sya, Sxa))[0])(pb, y0, x0)
+    B = _gram(Ja[pa].reshape(-1, ka, Sya * Sxa), win.reshape(-1, kb, Sya * Sxa))
+    return B * valid[:, None, None]
 
 
 def _blocks_with_full(a, b):
@@ -518,8 +571,42 @@ def solve_normal(A, g, damp=0.0):
     d = jnp.sqrt(jnp.diag(A))
     d = jnp.where(d > 0, d, 1.0)
     As = A / (d[:, None] * d[None, :]) + (1e-10 + damp) * jnp.eye(A.shape[0], dtype=A.dtype)
-    L = jnp.linalg.cholesky(As)
-    y = jax.scipy.linalg.cho_solve((L, True), g / d)
+    if A.shape[0] <= CHOLESKY_LOOP_MAX:
+        y = _cho_solve_loop(As, g / d)
+    else:
+        L = jnp.linalg.cholesky(As)
+        y = jax.scipy.linalg.cho_solve((L, True), g / d)
     y = jax.lax.cond(jnp.all(jnp.isfinite(y)), lambda: y,
                      lambda: jnp.linalg.lstsq(As, g / d)[0])
     return y / d
+
+
+#: systems up to this size are solved by the Cholesky loops below rather than LAPACK:
+#: LAPACK's (OpenBLAS) threads contend with XLA's own thread pool when called inside a
+#: jitted program after multithreaded work, which made a 210x210 factorization take
+#: 50-300 ms instead of 0.5 ms
+CHOLESKY_LOOP_MAX = 1024
+
+
+def _cho_solve_loop(A, b):
+    """Solve A x = b by Cholesky (A = L L^T, column by column) and two triangular
+    substitutions, as XLA loops (NaN if A is not positive definite)."""
+    n = A.shape[0]
+    idx = jnp.arange(n)
+
+    def col(j, L):
+        v = A[:, j] - L @ L[j, :]  # L's columns >= j are still zero
+        return L.at[:, j].set(jnp.where(idx >= j, v / jnp.sqrt(v[j]), 0.0))
+
+    L = jax.lax.fori_loop(0, n, col, jnp.zeros_like(A))
+
+    def fwd(i, y):  # L y = b
+        return y.at[i].set((b[i] - L[i, :] @ y) / L[i, i])
+
+    y = jax.lax.fori_loop(0, n, fwd, jnp.zeros_like(b))
+
+    def back(k, x):  # L^T x = y
+        i = n - 1 - k
+        return x.at[i].set((y[i] - L[:, i] @ x) / L[i, i])
+
+    return jax.lax.fori_loop(0, n, back, jnp.zeros_like(b))

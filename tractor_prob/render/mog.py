@@ -24,6 +24,7 @@ __all__ = [
     "eval_stamp",
     "render_stamp",
     "upsample",
+    "upsample_adjoint",
     "stamp_origin",
     "add_stamps",
     "gather_stamps",
@@ -88,34 +89,57 @@ def n_nodes(size: int, step: int) -> int:
 
 
 def _upsample_axis(c, step: int, size: int, axis: int):
-    """Interpolate along ``axis`` (-1 or -2) from n_nodes(size, step) nodes to ``size`` pixels:
-    each phase r of the output (pixels r, r + step, ...) is 4 shifted slices of the nodes."""
+    """Interpolate along ``axis`` (-1 or -2) from n_nodes(size, step) nodes to ``size`` pixels.
+
+    Pixels step * i0 + r (r = 0..step-1) use nodes i0..i0+3 with weights w[r]: four shifted
+    slices of the nodes broadcast against the weights, one fused elementwise pass."""
     n0 = -(-size // step)
     w = _lagrange_weights(step)
-
-    def sl(s):
-        return c[..., s : s + n0] if axis == -1 else c[..., s : s + n0, :]
-
-    phases = []
-    for r in range(step):
-        acc = None
-        for s in range(4):
-            if w[r, s] == 0.0:
-                continue
-            term = float(w[r, s]) * sl(s)
-            acc = term if acc is None else acc + term
-        phases.append(acc)
+    out = None
+    for s in range(4):
+        if axis == -1:
+            term = c[..., s : s + n0, None] * jnp.asarray(w[:, s])
+        else:
+            term = c[..., s : s + n0, None, :] * jnp.asarray(w[:, s])[:, None]
+        out = term if out is None else out + term
     if axis == -1:
-        out = jnp.stack(phases, -1).reshape(c.shape[:-1] + (n0 * step,))
-        return out[..., :size]
-    out = jnp.stack(phases, -2).reshape(c.shape[:-2] + (n0 * step, c.shape[-1]))
-    return out[..., :size, :]
+        return out.reshape(c.shape[:-1] + (n0 * step,))[..., :size]
+    return out.reshape(c.shape[:-2] + (n0 * step, c.shape[-1]))[..., :size, :]
+
+
+def _upsample_adjoint_axis(g, step: int, size: int, axis: int):
+    """Adjoint of _upsample_axis: pixels (size along ``axis``) -> nodes (strided slices)."""
+    n0 = -(-size // step)
+    w = _lagrange_weights(step)
+    nd = g.ndim
+    if axis == -1:
+        gp = jnp.pad(g, [(0, 0)] * (nd - 1) + [(0, n0 * step - size)])
+        phases = [gp[..., r::step] for r in range(step)]
+    else:
+        gp = jnp.pad(g, [(0, 0)] * (nd - 2) + [(0, n0 * step - size), (0, 0)])
+        phases = [gp[..., r::step, :] for r in range(step)]
+    out = None
+    for s in range(4):
+        h = None
+        for r in range(step):
+            if w[r, s] != 0.0:
+                term = float(w[r, s]) * phases[r]
+                h = term if h is None else h + term
+        pads = [(s, 3 - s)] if axis == -1 else [(s, 3 - s), (0, 0)]
+        h = jnp.pad(h, [(0, 0)] * (nd - len(pads)) + pads)
+        out = h if out is None else out + h
+    return out
 
 
 def upsample(coarse, step: int, size_y: int, size_x: int):
     """Interpolate values on coarse nodes (..., n_nodes(size_y), n_nodes(size_x)) to the
     (..., size_y, size_x) pixels of a stamp (separable 4-point Lagrange; exact at nodes)."""
     return _upsample_axis(_upsample_axis(coarse, step, size_x, -1), step, size_y, -2)
+
+
+def upsample_adjoint(img, step: int, size_y: int, size_x: int):
+    """The adjoint (transpose) of ``upsample``: (..., size_y, size_x) -> nodes."""
+    return _upsample_adjoint_axis(_upsample_adjoint_axis(img, step, size_y, -2), step, size_x, -1)
 
 
 def render_stamp(amps, means, covs, ox, oy, size_y: int, size_x: int, step: int = 1):
