@@ -17,7 +17,6 @@ step (system, solve, line search over alpha) inside one jitted call.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -38,11 +37,15 @@ ALPHAS = (1.0, 0.5, 0.25, 0.1, 0.03, 0.01, 1e-3, 1e-4)
 
 
 def _bucket(n: int, possible: bool) -> int:
-    """Padded length of a pair list: a power of two >= 8 (0 only if no pair can exist), so
-    that sources drifting into or out of overlap rarely change shapes (and retrace)."""
+    """Padded length of a pair list: the next of 4, 6, 8, 12, 16, 24, ... (2^k and 3 2^(k-1))
+    at or above n (0 only if no pair can exist), so that sources drifting into or out of
+    overlap rarely change shapes (and retrace), while padding wastes at most a third."""
     if not possible:
         return 0
-    return max(8, 1 << math.ceil(math.log2(max(n, 1))))
+    k = 4
+    while k < n:
+        k = k * 3 // 2 if k & (k - 1) == 0 else k * 4 // 3
+    return k
 
 
 def build_pairs(plan, origins, source_free):
@@ -186,10 +189,11 @@ class Fitter:
                 return st, J
 
             args = (theta, iv, ox, oy, w)
-            if w is None:
-                st, J = unit(*args)
-            else:
-                st, J = _stored(unit, args, theta[0] == theta[0])
+            with jax.named_scope(f"jacobian_unit{u}"):
+                if w is None:
+                    st, J = unit(*args)
+                else:
+                    st, J = _stored(unit, args, theta[0] == theta[0])
             out.append((J, ox, oy, st))
         return out
 
@@ -221,77 +225,81 @@ class Fitter:
         iv, d, w, pairs_i, ct = x
         c = self.c
         ip = c.plan.images[fg.ig]
+        acc = _Scatter()
         sjs = self._source_jacobians(fg.ig, iv, theta, w)
         given = [None if sj is None else (sj[3], sj[1], sj[2]) for sj in sjs]
-        chi = (d - c.model_image(fg.ig, iv, theta, given=given)) * w
+        with jax.named_scope("model"):
+            chi = (d - c.model_image(fg.ig, iv, theta, given=given)) * w
         lnl = lnl - 0.5 * jnp.sum(chi * chi)
         Jc = self._cal_jacobian(fg, iv, theta)
         if Jc is not None:
             Jc = Jc * w
-            A = A.at[ct[:, None], ct[None, :]].add(jnp.einsum("ahw,bhw->ab", Jc, Jc))
-            grad = grad.at[ct].add(jnp.einsum("ahw,hw->a", Jc, chi))
+            acc.A(ct[:, None], ct[None, :], jnp.einsum("ahw,bhw->ab", Jc, Jc))
+            acc.g(ct, jnp.einsum("ahw,hw->a", Jc, chi))
         stamps = []
         for u, sj in enumerate(sjs):
             if sj is None:
                 stamps.append(None)
                 continue
-            J, ox, oy, _ = sj
-            n, k = J.shape[:2]
-            Sy, Sx = ip.stamps[u]
-            cols = jnp.asarray(self.unit_cols[u])
-            full = (Sy, Sx) == tuple(ip.shape)  # stamps cover the image: origins are 0
-            Jl = None
-            if full:
-                w_st = w
-                chi_st = chi.reshape(1, Sy * Sx, 1)
-            else:
-                w_st = mog.gather_stamps(w, ox, oy, Sy, Sx)
-                chi_st = mog.gather_stamps(chi, ox, oy, Sy, Sx).reshape(n, Sy * Sx, 1)
-            cf = cols.reshape(-1)
-            Q = None
-            if is_lattice(ip, u):
-                # J: unweighted, on the unit's nodes; every sum over pixels of J times a
-                # pixel image becomes a sum over nodes with the interpolation's adjoint U^T
-                # applied to that image: J^T W r = J_nodes . U^T (w chi), and the Gram
-                # matrix J^T W J = J_nodes . Q with Q = U^T (w^2 U J_nodes) (per column)
-                step = ip.steps[u]
-                Jl, Jw = J, None
-                Lf = Jl.reshape(n * k, -1)
-                wchi = mog.upsample_adjoint(w * chi, step, Sy, Sx)
-                grad = grad.at[cols].add((Lf @ wchi.reshape(-1)).reshape(n, k))
-                w2 = w * w
-                Q = jax.vmap(lambda j: mog.upsample_adjoint(
-                    w2 * mog.upsample(j, step, Sy, Sx), step, Sy, Sx))(
-                    Jl.reshape(n * k, *Jl.shape[2:]))
-                A = A.at[cf[:, None], cf[None, :]].add(Lf @ Q.reshape(n * k, -1).T)
-                if Jc is not None:
-                    nc = Jc.shape[0]
-                    D = mog.upsample_adjoint(Jc * w, step, Sy, Sx).reshape(nc, -1)
-                    cross = (Lf @ D.T).reshape(n, k, nc)
-            else:
-                Jw = J  # weighted already
-                F = Jw.reshape(n, k, Sy * Sx)  # matmuls on flat stamps: XLA:CPU's fast path
-                grad = grad.at[cols].add(jnp.matmul(F, chi_st)[..., 0])
-                if full:  # every pair of members overlaps: one Gram matrix, pairs included
-                    Ff = F.reshape(n * k, Sy * Sx)
-                    A = A.at[cf[:, None], cf[None, :]].add(Ff @ Ff.T)
-                else:
-                    A = A.at[cols[:, :, None], cols[:, None, :]].add(_gram(F, F))
-                if Jc is not None:
-                    nc = Jc.shape[0]
-                    if full:
-                        Jc_st = Jc.reshape(nc, Sy * Sx).T
-                    else:
-                        Jc_st = jnp.swapaxes(
-                            mog.gather_stamps(Jc, ox, oy, Sy, Sx).reshape(nc, n, Sy * Sx), 0, 1)
-                        Jc_st = jnp.swapaxes(Jc_st, 1, 2)
-                    cross = jnp.matmul(F, Jc_st)  # (n, k, nc)
-            if Jc is not None:
-                A = A.at[cols[:, :, None], ct[None, None, :]].add(cross)
-                A = A.at[ct[None, :, None], cols[:, None, :]].add(jnp.swapaxes(cross, 1, 2))
-            stamps.append(_Unit(Jw, ox, oy, cols, full, w_st, Jl, Q, ip.steps[u]))
-        A = self._add_pairs(A, stamps, pairs_i, ip.shape)
+            with jax.named_scope(f"unit{u}"):
+                stamps.append(self._unit_terms(acc, ip, u, sj, w, chi, Jc, ct, theta))
+        self._add_pairs(acc, stamps, pairs_i, ip.shape)
+        A, grad = acc.apply(A, grad)
         return A, grad, lnl
+
+    def _unit_terms(self, acc, ip, u, sj, w, chi, Jc, ct, theta):
+        """A render unit's own terms (gradient, Gram matrix, cross terms with thawed image
+        parameters); returns its _Unit for the pair blocks."""
+        J, ox, oy, _ = sj
+        n, k = J.shape[:2]
+        Sy, Sx = ip.stamps[u]
+        cols = jnp.asarray(self.unit_cols[u])
+        cf = cols.reshape(-1)
+        full = (Sy, Sx) == tuple(ip.shape)  # stamps cover the image: origins are 0
+        if full:
+            w_st = w
+            chi_st = chi.reshape(1, Sy * Sx, 1)
+        else:
+            w_st = mog.gather_stamps(w, ox, oy, Sy, Sx)
+            chi_st = mog.gather_stamps(chi, ox, oy, Sy, Sx).reshape(n, Sy * Sx, 1)
+        Jl = Q = None
+        if is_lattice(ip, u):
+            # J: unweighted, on the unit's nodes; every sum over pixels of J times a pixel
+            # image becomes a sum over nodes with the interpolation's adjoint U^T applied to
+            # that image: J^T W r = J_nodes . U^T (w chi), and the Gram matrix
+            # J^T W J = J_nodes . Q with Q = U^T (w^2 U J_nodes) (per column)
+            step = ip.steps[u]
+            Jl, Jw = J, None
+            Lf = Jl.reshape(n * k, -1)
+            wchi = mog.upsample_adjoint(w * chi, step, Sy, Sx)
+            acc.g(cols, (Lf @ wchi.reshape(-1)).reshape(n, k))
+            Q = _lattice_normal(Jl.reshape(n * k, *Jl.shape[2:]), w * w, step, Sy, Sx,
+                                theta[0] == theta[0])
+            acc.A(cf[:, None], cf[None, :], Lf @ Q.reshape(n * k, -1).T)
+            if Jc is not None:
+                D = mog.upsample_adjoint(Jc * w, step, Sy, Sx).reshape(Jc.shape[0], -1)
+                cross = (Lf @ D.T).reshape(n, k, Jc.shape[0])
+        else:
+            Jw = J  # weighted already
+            F = Jw.reshape(n, k, Sy * Sx)  # matmuls on flat stamps: XLA:CPU's fast path
+            acc.g(cols, jnp.matmul(F, chi_st)[..., 0])
+            if full:  # every pair of members overlaps: one Gram matrix, pairs included
+                Ff = F.reshape(n * k, Sy * Sx)
+                acc.A(cf[:, None], cf[None, :], Ff @ Ff.T)
+            else:
+                acc.A(cols[:, :, None], cols[:, None, :], _gram(F, F))
+            if Jc is not None:
+                nc = Jc.shape[0]
+                if full:
+                    Jc_st = Jc.reshape(nc, Sy * Sx).T
+                else:
+                    Jc_st = jnp.swapaxes(
+                        mog.gather_stamps(Jc, ox, oy, Sy, Sx).reshape(nc, n, Sy * Sx), 0, 1)
+                    Jc_st = jnp.swapaxes(Jc_st, 1, 2)
+                cross = jnp.matmul(F, Jc_st)  # (n, k, nc)
+        if Jc is not None:
+            acc.A(cols[:, :, None], ct[None, None, :], cross, sym=True)
+        return _Unit(Jw, ox, oy, cols, full, w_st, Jl, Q, ip.steps[u])
 
     def _system(self, theta, data, weights, pairs, pri):
         """(A = J^T W J + prior, g = J^T W r + prior gradient, log-probability).
@@ -321,7 +329,7 @@ class Fitter:
         lnp = lnl + self._log_prior(theta, pri)
         return A[:nt, :nt], grad[:nt], lnp
 
-    def _add_pairs(self, A, stamps, pairs_i, shape):
+    def _add_pairs(self, acc, stamps, pairs_i, shape):
         """Blocks of pairs of sources in different stamps (pairs within a full-image unit are
         in its Gram matrix already)."""
         U = len(stamps)
@@ -333,35 +341,32 @@ class Fitter:
                 a, b = stamps[u1], stamps[u2]
                 if a is None or b is None:
                     continue
-                if a.full and b.full:  # both cover the image: all pairs, no shifts
-                    if u1 == u2:
-                        continue
-                    B = _full_blocks(a, b, shape)
-                    ca, cb = a.cols.reshape(-1), b.cols.reshape(-1)
-                    A = A.at[ca[:, None], cb[None, :]].add(B)
-                    A = A.at[cb[:, None], ca[None, :]].add(B.T)
-                    continue
-                if a.full or b.full:  # one covers the image: every source of the other overlaps it
-                    if not b.full:
-                        a, b = b, a
-                    if b.Jl is not None:
-                        B = _blocks_with_lattice(a, b, shape)  # (na, ka, nb * kb)
-                    else:
-                        B = _blocks_with_full(a, b)
-                    ca, cb = a.cols, b.cols.reshape(-1)
-                    A = A.at[ca[:, :, None], cb[None, None, :]].add(B)
-                    A = A.at[cb[None, :, None], ca[:, None, :]].add(jnp.swapaxes(B, 1, 2))
-                    continue
-                if p1.shape[0] == 0:
-                    continue
-                pa, pb = p1, p2
-                if a.Jw.shape[2] * a.Jw.shape[3] > b.Jw.shape[2] * b.Jw.shape[3]:
-                    a, b, pa, pb = b, a, p2, p1  # sum over the smaller stamp's pixels
-                B = _pair_blocks(a, b, pa, pb, valid)
-                ca, cb = a.cols[pa], b.cols[pb]
-                A = A.at[ca[:, :, None], cb[:, None, :]].add(B)
-                A = A.at[cb[:, :, None], ca[:, None, :]].add(jnp.swapaxes(B, 1, 2))
-        return A
+                with jax.named_scope(f"pairs_unit{u1}_unit{u2}"):
+                    self._pair_terms(acc, a, b, u1 == u2, p1, p2, valid, shape)
+
+    def _pair_terms(self, acc, a, b, same, p1, p2, valid, shape):
+        """Add the blocks of the pairs of sources of units a and b (``same``: one unit)."""
+        if a.full and b.full:  # both cover the image: all pairs, no shifts
+            if not same:  # (a unit's own pairs are in its Gram matrix already)
+                B = _full_blocks(a, b, shape)
+                acc.A(a.cols.reshape(-1)[:, None], b.cols.reshape(-1)[None, :], B, sym=True)
+            return
+        if a.full or b.full:  # one covers the image: every source of the other overlaps it
+            if not b.full:
+                a, b = b, a
+            if b.Jl is not None:
+                B = _blocks_with_lattice(a, b, shape)  # (na, ka, nb * kb)
+            else:
+                B = _blocks_with_full(a, b)
+            acc.A(a.cols[:, :, None], b.cols.reshape(-1)[None, None, :], B, sym=True)
+            return
+        if p1.shape[0] == 0:
+            return
+        pa, pb = p1, p2
+        if a.Jw.shape[2] * a.Jw.shape[3] > b.Jw.shape[2] * b.Jw.shape[3]:
+            a, b, pa, pb = b, a, p2, p1  # sum over the smaller stamp's pixels
+        B = _pair_blocks(a, b, pa, pb, valid)
+        acc.A(a.cols[pa][:, :, None], b.cols[pb][:, None, :], B, sym=True)
 
     def log_prob(self, theta, data, weights, pri):
         """Log likelihood + Gaussian priors; -inf outside the parameters' legal domain."""
@@ -422,6 +427,38 @@ class Fitter:
         return (np.asarray(idx, np.int32), np.asarray(mu, float), np.asarray(sig, float))
 
 
+class _Scatter:
+    """Contributions to the normal matrix and gradient of one image, added to them with one
+    scatter each at the end (not a chain of many small scatters through A)."""
+
+    def __init__(self):
+        self.rows, self.cols, self.vals, self.gi, self.gv = [], [], [], [], []
+
+    def A(self, r, c, v, sym=False):
+        """A[r, c] += v (r, c broadcast against v); with ``sym`` also A[c, r] += v."""
+        r, c = jnp.broadcast_to(r, v.shape).ravel(), jnp.broadcast_to(c, v.shape).ravel()
+        self.rows.append(r)
+        self.cols.append(c)
+        self.vals.append(v.ravel())
+        if sym:
+            self.rows.append(c)
+            self.cols.append(r)
+            self.vals.append(v.ravel())
+
+    def g(self, i, v):
+        """grad[i] += v."""
+        self.gi.append(jnp.broadcast_to(i, v.shape).ravel())
+        self.gv.append(v.ravel())
+
+    def apply(self, A, grad):
+        if self.vals:
+            A = A.at[jnp.concatenate(self.rows), jnp.concatenate(self.cols)].add(
+                jnp.concatenate(self.vals))
+        if self.gv:
+            grad = grad.at[jnp.concatenate(self.gi)].add(jnp.concatenate(self.gv))
+        return A, grad
+
+
 class _Unit(NamedTuple):
     """A render unit's terms in one image, for the pair blocks."""
 
@@ -451,6 +488,37 @@ def _full_blocks(a, b, shape):
     else:
         D = mog.upsample_adjoint(b.w * b.w * mog.upsample(b.Jl, b.step, H, W), a.step, H, W)
     return La @ D.reshape(-1, La.shape[1]).T
+
+
+def _lattice_normal(J, w2, step, Sy, Sx, pred):
+    """U^T (w2 U J) for node images J (c, ny, nx) (U = mog.upsample: Uy along rows, Ux along
+    columns), without building (c, Sy, Sx) pixel images: U^T diag(w2) U = (Ux^T x I) Mx
+    (Ux x I) where, for each pixel column x, Mx = Uy^T diag(w2[:, x]) Uy is a 7-diagonal
+    (ny, ny) matrix built from the weights alone.  ``pred``: true (see _stored)."""
+    n0 = -(-Sy // step)
+    ny = n0 + 3
+    Wt = mog._lagrange_weights(step)  # (step, 4): weight of node i0 + s at pixel step i0 + r
+
+    def diagonals(w2):  # Mx[p, p + dp] for dp = -3..3: (7, ny, Sx)
+        w2p = jnp.pad(w2, ((0, n0 * step - Sy), (0, 0)))
+        rows = [w2p[r::step] for r in range(step)]  # (n0, Sx) each: pixel rows step i0 + r
+        out = []
+        for dp in range(-3, 4):
+            M = jnp.zeros((ny, Sx), w2.dtype)
+            for s in range(max(0, -dp), min(4, 4 - dp)):
+                T = sum(float(Wt[r, s] * Wt[r, s + dp]) * rows[r] for r in range(step))
+                M = M + jnp.pad(T, ((s, ny - n0 - s), (0, 0)))
+            out.append(M)
+        return jnp.stack(out)
+
+    def banded(M, J):  # Mx applied to the column-interpolated node images: (c, ny, Sx)
+        Xp = jnp.pad(mog._upsample_axis(J, step, Sx, -1), ((0, 0), (3, 3), (0, 0)))
+        return sum(M[dp + 3] * Xp[:, 3 + dp : 3 + dp + ny, :] for dp in range(-3, 4))
+
+    # stored, not fused into their consumers (which would recompute them many times)
+    M = _stored(diagonals, (w2,), pred)
+    V = _stored(banded, (M, J), pred)
+    return mog._upsample_adjoint_axis(V, step, Sx, -1)
 
 
 def _phase_tables(step: int, size: int):

@@ -57,12 +57,13 @@ def _split_parts(sigmas_re):
     return (core, wing) if core and wing else (tuple(range(len(sig))),)
 
 
-def _pixel_mog(image, components, part=None):
+def _pixel_mog(image, components, part=None, psf_mix=None):
     """Flux fractions (K*P,) and covariances (K*P, 2, 2) (pixels) of a galaxy's profile
     components convolved with the PSF.
 
     ``components``: list of (flux fraction, (amps, vars), shape) per profile;
-    ``part``: indices of the concatenated components to include (default all).
+    ``part``: indices of the concatenated components to include (default all);
+    ``psf_mix``: the PSF's getMixtureOfGaussians() if already at hand.
     """
     M = image.wcs.pixelsPerArcsec()
     amps, covs = [], []
@@ -74,7 +75,7 @@ def _pixel_mog(image, components, part=None):
     covs = np.concatenate(covs)
     if part is not None:
         amps, covs = amps[list(part)], covs[list(part)]
-    pa, pm, pc = image.psf.getMixtureOfGaussians()
+    pa, pm, pc = image.psf.getMixtureOfGaussians() if psf_mix is None else psf_mix
     A = (amps[:, None] * pa[None, :]).ravel()
     C = (covs[:, None] + pc[None, :]).reshape(-1, 2, 2)
     return A, C
@@ -91,6 +92,14 @@ def _step(image, counts, components, part=None, chi2_frac=1.0):
     """Coarse-grid step of a galaxy's render unit (psf.mog_step; see _pixel_mog)."""
     A, C = _pixel_mog(image, components, part)
     return mog_step(A, C, counts, image.noise_sigma, chi2_frac * INTERP_CHI2)
+
+
+def _unit_mogs(image, srcs, part):
+    """Stacked _pixel_mog of several galaxies: (amps (n, K), means (n, K, 2), covs (n, K, 2, 2))."""
+    psf_mix = image.psf.getMixtureOfGaussians()
+    A, C = zip(*(_pixel_mog(image, s._image_components(image), part, psf_mix) for s in srcs))
+    A, C = np.stack(A), np.stack(C)
+    return A, np.zeros(A.shape + (2,)), C
 
 
 class Galaxy(Source):
@@ -132,6 +141,13 @@ class Galaxy(Source):
 
     def _components(self):
         return [(1.0, self._numpy_profile(), self.shape)]
+
+    def _image_components(self, image):
+        return self._components()
+
+    @classmethod
+    def _unit_mogs(cls, image, srcs, part=None):
+        return _unit_mogs(image, srcs, part)
 
     def _render_parts(self):
         return _split_parts(np.sqrt(self._numpy_profile()[1]))
@@ -236,6 +252,10 @@ class CompositeGalaxy(Source):
         pc = image.photocal
         return pc.brightnessToCounts(self.brightnessExp) + pc.brightnessToCounts(self.brightnessDev)
 
+    @classmethod
+    def _unit_mogs(cls, image, srcs, part=None):
+        return _unit_mogs(image, srcs, part)
+
     def _image_components(self, image):
         pc = image.photocal
         ce, cd = pc.brightnessToCounts(self.brightnessExp), pc.brightnessToCounts(self.brightnessDev)
@@ -288,6 +308,10 @@ class FixedCompositeGalaxy(Source):
 
     def getBrightness(self):
         return self.brightness
+
+    @classmethod
+    def _unit_mogs(cls, image, srcs, part=None):
+        return _unit_mogs(image, srcs, part)
 
     def _image_components(self, image):
         f = self.fracDev.clipped()

@@ -7,6 +7,8 @@ model pixels are the PSF-convolved profile evaluated at pixel centres.
 from __future__ import annotations
 
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -26,6 +28,12 @@ STAMP_CHI2 = 0.01
 STAMP_NSIGMA_MIN, STAMP_NSIGMA, STAMP_NSIGMA_MAX = 3.0, 6.0, 8.0
 
 
+def _cov_terms(covs):
+    """Largest eigenvalue and determinant of 2x2 covariances (..., 2, 2), closed form."""
+    a, b, c = covs[..., 0, 0], covs[..., 0, 1], covs[..., 1, 1]
+    return 0.5 * (a + c) + np.sqrt((0.5 * (a - c)) ** 2 + b * b), a * c - b * b
+
+
 def mog_radius(amps, means, covs, flux=None, noise=None) -> float:
     """Stamp radius (pixels) of a MoG profile of total ``flux`` (counts) in pixel ``noise``.
 
@@ -35,24 +43,42 @@ def mog_radius(amps, means, covs, flux=None, noise=None) -> float:
     [STAMP_NSIGMA_MIN RMS sigmas, STAMP_NSIGMA_MAX widest sigmas].  Without flux
     and noise: STAMP_NSIGMA widest sigmas.
     """
+    return float(mog_radii(np.asarray(amps, float)[None], np.asarray(means, float)[None],
+                           np.asarray(covs, float)[None], flux, noise)[0])
+
+
+def mog_radii(amps, means, covs, flux=None, noise=None):
+    """``mog_radius`` of n profiles at once: amps (n, K), means (n, K, 2), covs (n, K, 2, 2).
+
+    The radius is found on a 0.25-pixel grid (the last grid radius whose outside chi^2
+    exceeds STAMP_CHI2, plus 0.25) by bisection."""
     amps = np.abs(np.asarray(amps, float))
-    covs = np.asarray(covs, float)
-    lam = np.linalg.eigvalsh(covs).max(axis=1)
-    det = np.linalg.det(covs)
-    off = np.hypot(*np.asarray(means, float).T)
-    smax = float(np.sqrt(lam.max()))
+    means = np.asarray(means, float)
+    lam, det = _cov_terms(np.asarray(covs, float))
+    off = np.hypot(means[..., 0], means[..., 1])
+    off_max = off.max(axis=-1)
+    smax = np.sqrt(lam.max(axis=-1))
     if flux is None or noise is None or not noise > 0:
-        return STAMP_NSIGMA * smax + float(off.max())
-    rms = float(np.sqrt(np.sum(amps * lam) / max(np.sum(amps), 1e-300)))
-    rmin = STAMP_NSIGMA_MIN * rms + float(off.max())
-    rmax = STAMP_NSIGMA_MAX * smax + float(off.max())
-    r = np.arange(0.0, rmax + 0.5, 0.25)
-    d = np.maximum(r[:, None] - off[None, :], 0.0)
+        return STAMP_NSIGMA * smax + off_max
+    rms = np.sqrt(np.sum(amps * lam, axis=-1) / np.maximum(np.sum(amps, axis=-1), 1e-300))
+    rmin = STAMP_NSIGMA_MIN * rms + off_max
+    rmax = STAMP_NSIGMA_MAX * smax + off_max
     peak = amps * abs(flux) / (2 * np.pi * np.sqrt(det) * noise)
-    chi2_out = np.sum(peak**2 * np.pi * np.sqrt(det) * np.exp(-(d**2) / lam), axis=1)
-    above = np.flatnonzero(chi2_out > STAMP_CHI2)
-    r_cut = r[above[-1]] + 0.25 if len(above) else 0.0
-    return float(np.clip(r_cut, rmin, rmax))
+    c = peak**2 * np.pi * np.sqrt(det)
+
+    def above(i):  # chi^2 beyond r = 0.25 i exceeds STAMP_CHI2 (non-increasing in i)
+        d = np.maximum(0.25 * i[:, None] - off, 0.0)
+        return np.sum(c * np.exp(-(d**2) / lam), axis=-1) > STAMP_CHI2
+
+    n = len(rmax)
+    hi = np.full(n, int(np.ceil(rmax.max() / 0.25)) + 2)  # not above (clipped to rmax anyway)
+    lo = np.full(n, -1)  # above (sentinel)
+    while np.any(hi - lo > 1):
+        mid = (lo + hi) // 2
+        a = above(np.maximum(mid, 0))
+        lo, hi = np.where(a, mid, lo), np.where(a, hi, mid)
+    r_cut = np.where(lo >= 0, 0.25 * (lo + 1), 0.0)
+    return np.clip(r_cut, rmin, rmax)
 
 
 #: Wide, smooth render units are evaluated on a coarser grid, every ``step``-th
@@ -66,6 +92,7 @@ INTERP_CHI2 = 0.01
 STEP_MAX = 8
 
 
+@functools.lru_cache(maxsize=None)
 def _lagrange_phase_moments(step: int):
     """Mean and mean square over the pixel phases t = r/step (r = 0..step-1) of the
     4-point Lagrange error polynomial (t+1) t (t-1) (t-2)."""
@@ -89,30 +116,42 @@ def interp_chi2(amps, covs, flux, noise, step: int) -> float:
     leading-order estimate overestimates the exact error (tests/test_render.py
     compares the two), also where step is comparable to the width.
     """
-    if step <= 1:
-        return 0.0
+    return float(interp_chi2s(np.asarray(amps, float)[None], np.asarray(covs, float)[None],
+                              flux, noise, step)[0])
+
+
+def interp_chi2s(amps, covs, flux, noise, step: int):
+    """``interp_chi2`` of n profiles at once: amps (n, K), covs (n, K, 2, 2)."""
     amps = np.abs(np.asarray(amps, float)) * abs(flux)
+    if step <= 1:
+        return np.zeros(amps.shape[0])
     covs = np.asarray(covs, float)
-    det = covs[:, 0, 0] * covs[:, 1, 1] - covs[:, 0, 1] ** 2
-    sxx = covs[:, 1, 1] / (2 * det)
-    syy = covs[:, 0, 0] / (2 * det)
-    sxy = -covs[:, 0, 1] / (2 * det)
+    det = covs[..., 0, 0] * covs[..., 1, 1] - covs[..., 0, 1] ** 2
+    sxx = covs[..., 1, 1] / (2 * det)
+    syy = covs[..., 0, 0] / (2 * det)
+    sxy = -covs[..., 0, 1] / (2 * det)
     m1, m2 = _lagrange_phase_moments(step)
     k8 = 105.0 * (sxx**4 + syy**4)
     k44 = 9 * sxx**2 * syy**2 + 72 * sxx * syy * sxy**2 + 24 * sxy**4
-    per = (step**8 / 576.0) * amps**2 / (4 * np.pi * np.sqrt(det) * noise**2) * (m2 * k8 + 2 * m1 * m1 * k44)
-    return float(np.sum(np.sqrt(per)) ** 2)
+    per = ((step**8 / 576.0) * amps**2 / (4 * np.pi * np.sqrt(det) * noise**2)
+           * (m2 * k8 + 2 * m1 * m1 * k44))
+    return np.sum(np.sqrt(per), axis=-1) ** 2
 
 
 def mog_step(amps, covs, flux=None, noise=None, chi2=None) -> int:
     """Coarse-grid step (1, 2, 4, ... <= STEP_MAX) for rendering a MoG of ``flux`` counts in
     pixel ``noise``: the largest whose ``interp_chi2`` is below ``chi2`` (INTERP_CHI2);
-    1 without flux and noise."""
-    if flux is None or noise is None or not noise > 0 or len(np.atleast_1d(amps)) == 0:
+    1 without flux and noise.  With amps (n, K) and covs (n, K, 2, 2): the largest step
+    below ``chi2`` for all n profiles."""
+    amps = np.asarray(amps, float)
+    if flux is None or noise is None or not noise > 0 or amps.shape[-1] == 0:
         return 1
+    covs = np.asarray(covs, float)
+    if amps.ndim == 1:
+        amps, covs = amps[None], covs[None]
     chi2 = INTERP_CHI2 if chi2 is None else chi2
     step = 1
-    while step * 2 <= STEP_MAX and interp_chi2(amps, covs, flux, noise, step * 2) <= chi2:
+    while step * 2 <= STEP_MAX and interp_chi2s(amps, covs, flux, noise, step * 2).max() <= chi2:
         step *= 2
     return step
 

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .params import Spec
+from .psf import INTERP_CHI2, mog_radii, mog_step
 from .render import mog
 
 __all__ = ["Plan", "Compiled", "compile_tractor", "get_compiled", "ImageContext"]
@@ -114,6 +115,22 @@ def _stamp_size(r: float, H: int, W: int) -> tuple:
     return (min(2 * R + 1, H), min(2 * R + 1, W))
 
 
+def _unit_sizes(img, srcs, counts, part):
+    """(stamp radius, coarse-grid step, f() -> step at STEP_GROW x INTERP_CHI2) of a render
+    unit: the largest radius and the smallest step over its sources, all sized at the
+    brightest source's ``counts`` (psf.mog_radius, psf.mog_step)."""
+    mogs = type(srcs[0])._unit_mogs(img, srcs, part)
+    noise = img.noise_sigma
+    if mogs is None:
+        r = max(s._stamp_radius(img, counts, part) for s in srcs)
+        b = min(s._stamp_step(img, counts, part) for s in srcs)
+        return r, b, lambda: min(s._stamp_step(img, counts, part, STEP_GROW) for s in srcs)
+    amps, means, covs = mogs
+    r = min(float(np.max(mog_radii(amps, means, covs, counts, noise))), float(max(img.shape)))
+    b = mog_step(amps, covs, counts, noise)
+    return r, b, lambda: mog_step(amps, covs, counts, noise, STEP_GROW * INTERP_CHI2)
+
+
 def compile_tractor(tractor):
     """Walk ``tractor`` once: (plan, theta, thawed mask, prior rows)."""
     values: list = []
@@ -148,22 +165,23 @@ def compile_tractor(tractor):
     for i, (spec, off, img) in enumerate(img_specs):
         H, W = img.shape
         stamps, steps = [], []
+        counts_of = {}
         for g, p in units:
             gp = group_plans[g]
             srcs = [catalog.subs[j] for j in gp.members]
-            counts = max(abs(s._stamp_counts(img)) for s in srcs)
-            r = max(s._stamp_radius(img, counts, gp.parts[p]) for s in srcs)
+            if g not in counts_of:
+                counts_of[g] = max(abs(s._stamp_counts(img)) for s in srcs)
+            counts = counts_of[g]
+            r, b, loose = _unit_sizes(img, srcs, counts, gp.parts[p])
             key = (i, gp.spec, gp.parts[p])
             r_old = memo.get(key, 0.0)
             if r_old * STAMP_SHRINK <= r < r_old:
                 r = r_old
             memo[key] = r
             stamps.append(_stamp_size(r, H, W))
-            b = min(s._stamp_step(img, counts, gp.parts[p]) for s in srcs)
             b_old = memo.get(key + ("step",))
             if b_old is not None and b_old < b:
-                b = max(b_old, min(s._stamp_step(img, counts, gp.parts[p], STEP_GROW)
-                                   for s in srcs))
+                b = max(b_old, loose())
             memo[key + ("step",)] = b
             steps.append(b)
         key = (spec, (H, W), tuple(stamps), tuple(steps))

@@ -53,6 +53,15 @@ class Source(MultiParams):
         a, _, c = image.psf.getMixtureOfGaussians()
         return mog_step(a, c, counts, image.noise_sigma, chi2_frac * INTERP_CHI2)
 
+    @classmethod
+    def _unit_mogs(cls, image, srcs, part=None):
+        """PSF-convolved profiles of ``part`` of the sources ``srcs`` (this class) in
+        ``image``, for sizing their render unit at once: (flux fractions (n, K), means
+        (n, K, 2), covariances (n, K, 2, 2)) in pixels, n <= len(srcs) distinct profiles;
+        or None (then ``_stamp_radius`` / ``_stamp_step`` are asked source by source).
+        The radius and step must be those of ``psf.mog_radius`` / ``psf.mog_step``."""
+        return None
+
     def _render_parts(self):
         """Components rendered into separate stamps: a tuple of index tuples into
         ``_jax_mog``'s components, or None for one stamp holding all of them."""
@@ -99,6 +108,11 @@ class PointSource(Source):
 
     def getBrightnesses(self):
         return [self.brightness]
+
+    @classmethod
+    def _unit_mogs(cls, image, srcs, part=None):
+        a, m, c = image.psf.getMixtureOfGaussians()  # the same for every point source
+        return a[None], m[None], c[None]
 
     @staticmethod
     def _jax_center(spec, vals, ctx):
