@@ -154,7 +154,8 @@ class Fitter:
                 cal_t = t_of[offs[:, None] + cal_local[None, :]]
                 self.fit_groups.append(_FitGroup(ig, pos, cal_local, cal_t))
         self.system = jax.jit(self._system)
-        self.step = jax.jit(self._step)
+        self._first = jax.jit(self._step_first)
+        self._search = jax.jit(self._step_search)
         self.derivs = jax.jit(self._derivs)
 
     # --- pieces (one image: ig, its calibration values iv) ---
@@ -373,7 +374,7 @@ class Fitter:
         lnp = self.c._loglik(theta, data, weights) + self._log_prior(theta, pri)
         return jnp.where(self.c.legal(theta), lnp, -jnp.inf)
 
-    def _step(self, theta, data, weights, pairs, pri, alphas, damp):
+    def step(self, theta, data, weights, pairs, pri, alphas, damp):
         """One Gauss-Newton step with a line search.
 
         ``alphas``: step fractions tried in turn until one improves the
@@ -382,13 +383,31 @@ class Fitter:
         Returns (theta_new, dlnp, X, alpha, lnp0): X the full step on the
         thawed parameters, alpha the fraction taken (0 and theta unchanged if
         no fraction improved the log-probability).
+
+        The system, its solution and the first fraction are one jitted call; the other
+        fractions (rarely needed) a second one, compiled only when first needed.
         """
+        out = self._first(theta, data, weights, pairs, pri, alphas[:1], damp)
+        if len(alphas) > 1 and not float(out[3]) > 0:
+            theta_new, dlnp, alpha = self._search(theta, data, weights, pri, alphas[1:],
+                                                  out[2], out[4])
+            out = (theta_new, dlnp, out[2], alpha, out[4])
+        return out
+
+    def _step_first(self, theta, data, weights, pairs, pri, alphas, damp):
+        """System, solution X and the log-probability at theta + alphas[0] X."""
         A, g, lnp0 = self._system(theta, data, weights, pairs, pri)
         X = solve_normal(A, g, damp)
         T = jnp.asarray(self.T)
+        lnp1 = self.log_prob(theta.at[T].add(alphas[0] * X), data, weights, pri)
+        improved = lnp1 > lnp0
+        alpha = jnp.where(improved, alphas[0], 0.0)
+        theta_new = theta.at[T].add(alpha * X)
+        return theta_new, jnp.where(improved, lnp1 - lnp0, 0.0), X, alpha, lnp0
 
-        def lnp_at(alpha):
-            return self.log_prob(theta.at[T].add(alpha * X), data, weights, pri)
+    def _step_search(self, theta, data, weights, pri, alphas, X, lnp0):
+        """The line search over the other fractions: (theta_new, dlnp, alpha)."""
+        T = jnp.asarray(self.T)
 
         def cond(state):
             j, best = state
@@ -396,16 +415,14 @@ class Fitter:
 
         def body(state):
             j, _ = state
-            return j + 1, lnp_at(alphas[j])
+            lnp = self.log_prob(theta.at[T].add(alphas[j] * X), data, weights, pri)
+            return j + 1, lnp
 
-        # the first fraction outside the loop (it is usually taken): XLA:CPU runs the
-        # fusions of a loop body on one thread
-        j, best = jax.lax.while_loop(cond, body, (1, lnp_at(alphas[0])))
+        j, best = jax.lax.while_loop(cond, body, (0, -jnp.inf))
         improved = best > lnp0
         alpha = jnp.where(improved, alphas[jnp.maximum(j - 1, 0)], 0.0)
         theta_new = theta.at[T].add(alpha * X)
-        dlnp = jnp.where(improved, best - lnp0, 0.0)
-        return theta_new, dlnp, X, alpha, lnp0
+        return theta_new, jnp.where(improved, best - lnp0, 0.0), alpha
 
     def _derivs(self, theta):
         """Unweighted model derivatives, per fit group, stacked over its images:

@@ -63,15 +63,28 @@ def eval_stamp(amps, means, covs, ox, oy, size: int, size_x: int | None = None, 
     # one fused elementwise pass per component (unrolled): XLA:CPU handles this
     # several times faster than a reduction over a components axis, for values
     # and forward-mode derivatives alike
+    def one(out, p):
+        nk, mx, my, a, b, c = p
+        dx = xs - mx
+        dy = ys - my
+        q = (a * dx * dx)[None, :] + dy[:, None] * (b * dx)[None, :] + (c * dy * dy)[:, None]
+        return out + nk * jnp.exp(q), None
+
+    K = amps.shape[0]
+    params = (norm, means[:, 0], means[:, 1], ixx, ixy, iyy)
     out = jnp.zeros((size, sx), means.dtype)
-    for k in range(amps.shape[0]):
-        dx = xs - means[k, 0]
-        dy = ys - means[k, 1]
-        qx = ixx[k] * dx * dx
-        qy = iyy[k] * dy * dy
-        q = qx[None, :] + dy[:, None] * (ixy[k] * dx)[None, :] + qy[:, None]
-        out = out + norm[k] * jnp.exp(q)
+    if K <= UNROLL_MAX:
+        for k in range(K):
+            out, _ = one(out, tuple(p[k] for p in params))
+        return out
+    out, _ = jax.lax.scan(one, out, params, unroll=SCAN_UNROLL)
     return out
+
+
+#: mixtures of up to UNROLL_MAX components are evaluated by unrolled code; longer ones by a
+#: loop, SCAN_UNROLL components per iteration (compile time grows with unrolled code)
+UNROLL_MAX = 2
+SCAN_UNROLL = 2
 
 
 def _lagrange_weights(step: int):
