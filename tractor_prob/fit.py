@@ -597,24 +597,41 @@ def _gram(Fa, Fb):
     return jnp.matmul(Fa, jnp.swapaxes(Fb, 1, 2))
 
 
+#: relative cost per element of an element-wise gather vs. a block copy on XLA:CPU, for
+#: choosing how pair blocks read the other stamp (measured; only speed depends on it)
+GATHER_COST = 5.0
+
+
 def _pair_blocks(a, b, pa, pb, valid):
     """sum over stamp a's pixels of Ja^T Jb for the listed pairs: (P, ka, kb).
 
-    ``a``, ``b``: the _Unit terms of two render units; stamp b's weighted Jacobian is
-    read at stamp a's pixels as one block per pair (dynamic slice) from a copy of it padded
-    with zeros (XLA:CPU copies blocks much faster than it gathers single elements).
+    ``a``, ``b``: the _Unit terms of two render units.  Stamp b's weighted Jacobian is read
+    at stamp a's pixels either as one block per pair (dynamic slice) from a copy of it
+    padded with zeros, or, when that copy would cost more, element by element with
+    clamped indices, masking stamp a's pixels that stamp b does not cover.
     """
     Ja, oxa, oya = a.Jw, a.ox, a.oy
     Jb, oxb, oyb = b.Jw, b.ox, b.oy
     ka, Sya, Sxa = Ja.shape[1:4]
-    kb, Syb, Sxb = Jb.shape[1:4]
-    Jb_pad = jnp.pad(Jb, ((0, 0), (0, 0), (Sya, Sya), (Sxa, Sxa)))
-    # row/column of padded stamp b that lies under stamp a's first pixel
-    y0 = jnp.clip(oya[pa] - oyb[pb] + Sya, 0, Syb + Sya)
-    x0 = jnp.clip(oxa[pa] - oxb[pb] + Sxa, 0, Sxb + Sxa)
-    win = jax.vmap(lambda j, y, x: jax.lax.dynamic_slice(
-        Jb_pad, (j, jnp.zeros_like(y), y, x), (1, kb, Sya, Sxa))[0])(pb, y0, x0)
-    B = _gram(Ja[pa].reshape(-1, ka, Sya * Sxa), win.reshape(-1, kb, Sya * Sxa))
+    nb, kb, Syb, Sxb = Jb.shape
+    P = pa.shape[0]
+    dy, dx = oya[pa] - oyb[pb], oxa[pa] - oxb[pb]  # stamp a's origin within stamp b
+    Fa = Ja[pa].reshape(P, ka, Sya * Sxa)
+    if GATHER_COST * P * kb * Sya * Sxa < nb * kb * (Syb + 2 * Sya) * (Sxb + 2 * Sxa):
+        ry = dy[:, None] + jnp.arange(Sya)
+        rx = dx[:, None] + jnp.arange(Sxa)
+        mask = ((ry >= 0) & (ry < Syb))[:, :, None] & ((rx >= 0) & (rx < Sxb))[:, None, :]
+        ryc, rxc = jnp.clip(ry, 0, Syb - 1), jnp.clip(rx, 0, Sxb - 1)
+        win = Jb[pb[:, None, None, None], jnp.arange(kb)[None, :, None, None],
+                 ryc[:, None, :, None], rxc[:, None, None, :]]
+        Fa = Fa * mask.reshape(P, 1, Sya * Sxa)
+    else:
+        Jb_pad = jnp.pad(Jb, ((0, 0), (0, 0), (Sya, Sya), (Sxa, Sxa)))
+        y0 = jnp.clip(dy + Sya, 0, Syb + Sya)  # row/column of padded stamp b under a's first
+        x0 = jnp.clip(dx + Sxa, 0, Sxb + Sxa)
+        win = jax.vmap(lambda j, y, x: jax.lax.dynamic_slice(
+            Jb_pad, (j, jnp.zeros_like(y), y, x), (1, kb, Sya, Sxa))[0])(pb, y0, x0)
+    B = _gram(Fa, win.reshape(P, kb, Sya * Sxa))
     return B * valid[:, None, None]
 
 
@@ -679,16 +696,14 @@ def _cho_solve_loop(A, b):
     n = A.shape[0]
     idx = jnp.arange(n)
 
-    def col(j, L):
+    def col(j, state):  # column j of L, then y_j of L y = b (row j of L is complete)
+        L, y = state
         v = A[:, j] - L @ L[j, :]  # L's columns >= j are still zero
-        return L.at[:, j].set(jnp.where(idx >= j, v / jnp.sqrt(v[j]), 0.0))
+        cj = jnp.where(idx >= j, v / jnp.sqrt(v[j]), 0.0)
+        L = L.at[:, j].set(cj)
+        return L, y.at[j].set((b[j] - L[j, :] @ y) / cj[j])
 
-    L = jax.lax.fori_loop(0, n, col, jnp.zeros_like(A))
-
-    def fwd(i, y):  # L y = b
-        return y.at[i].set((b[i] - L[i, :] @ y) / L[i, i])
-
-    y = jax.lax.fori_loop(0, n, fwd, jnp.zeros_like(b))
+    L, y = jax.lax.fori_loop(0, n, col, (jnp.zeros_like(A), jnp.zeros_like(b)))
 
     def back(k, x):  # L^T x = y
         i = n - 1 - k
