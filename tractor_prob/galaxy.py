@@ -94,11 +94,24 @@ def _step(image, counts, components, part=None, chi2_frac=1.0):
     return mog_step(A, C, counts, image.noise_sigma, chi2_frac * INTERP_CHI2)
 
 
-def _unit_mogs(image, srcs, part):
-    """Stacked _pixel_mog of several galaxies: (amps (n, K), means (n, K, 2), covs (n, K, 2, 2))."""
+def _unit_mogs(image, srcs, part, cache=None):
+    """Stacked _pixel_mog of several galaxies: (amps (n, K), means (n, K, 2), covs (n, K, 2, 2)).
+
+    ``cache``: a dict kept by the caller for one sizing pass; the profiles of all components
+    are built once and the parts sliced from them."""
     psf_mix = image.psf.getMixtureOfGaussians()
-    A, C = zip(*(_pixel_mog(image, s._image_components(image), part, psf_mix) for s in srcs))
-    A, C = np.stack(A), np.stack(C)
+    key = (id(image), tuple(id(s) for s in srcs))
+    full = None if cache is None else cache.get(key)
+    if full is None:
+        A, C = zip(*(_pixel_mog(image, s._image_components(image), None, psf_mix) for s in srcs))
+        full = (np.stack(A), np.stack(C))
+        if cache is not None:
+            cache[key] = full
+    A, C = full
+    if part is not None:
+        P = len(psf_mix[0])  # convolved component k * P + j: profile component k, PSF j
+        idx = (np.asarray(part)[:, None] * P + np.arange(P)[None, :]).ravel()
+        A, C = A[:, idx], C[:, idx]
     return A, np.zeros(A.shape + (2,)), C
 
 
@@ -146,8 +159,8 @@ class Galaxy(Source):
         return self._components()
 
     @classmethod
-    def _unit_mogs(cls, image, srcs, part=None):
-        return _unit_mogs(image, srcs, part)
+    def _unit_mogs(cls, image, srcs, part=None, cache=None):
+        return _unit_mogs(image, srcs, part, cache)
 
     def _render_parts(self):
         return _split_parts(np.sqrt(self._numpy_profile()[1]))
@@ -253,8 +266,8 @@ class CompositeGalaxy(Source):
         return pc.brightnessToCounts(self.brightnessExp) + pc.brightnessToCounts(self.brightnessDev)
 
     @classmethod
-    def _unit_mogs(cls, image, srcs, part=None):
-        return _unit_mogs(image, srcs, part)
+    def _unit_mogs(cls, image, srcs, part=None, cache=None):
+        return _unit_mogs(image, srcs, part, cache)
 
     def _image_components(self, image):
         pc = image.photocal
@@ -310,8 +323,8 @@ class FixedCompositeGalaxy(Source):
         return self.brightness
 
     @classmethod
-    def _unit_mogs(cls, image, srcs, part=None):
-        return _unit_mogs(image, srcs, part)
+    def _unit_mogs(cls, image, srcs, part=None, cache=None):
+        return _unit_mogs(image, srcs, part, cache)
 
     def _image_components(self, image):
         f = self.fracDev.clipped()

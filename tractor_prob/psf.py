@@ -47,11 +47,12 @@ def mog_radius(amps, means, covs, flux=None, noise=None) -> float:
                            np.asarray(covs, float)[None], flux, noise)[0])
 
 
-def mog_radii(amps, means, covs, flux=None, noise=None):
+def mog_radii(amps, means, covs, flux=None, noise=None, rcap=None):
     """``mog_radius`` of n profiles at once: amps (n, K), means (n, K, 2), covs (n, K, 2, 2).
 
     The radius is found on a 0.25-pixel grid (the last grid radius whose outside chi^2
-    exceeds STAMP_CHI2, plus 0.25) by bisection."""
+    exceeds STAMP_CHI2, plus 0.25) by bisection; with ``rcap`` the search stops there (radii
+    above it come out >= rcap, for callers that cap them at rcap)."""
     amps = np.abs(np.asarray(amps, float))
     means = np.asarray(means, float)
     lam, det = _cov_terms(np.asarray(covs, float))
@@ -71,8 +72,14 @@ def mog_radii(amps, means, covs, flux=None, noise=None):
         return np.sum(c * np.exp(-(d**2) / lam), axis=-1) > STAMP_CHI2
 
     n = len(rmax)
-    hi = np.full(n, int(np.ceil(rmax.max() / 0.25)) + 2)  # not above (clipped to rmax anyway)
+    top = rmax.max() if rcap is None else min(rmax.max(), rcap)
+    hi = np.full(n, int(np.ceil(top / 0.25)) + 2)  # not above (clipped to rmax or rcap anyway)
     lo = np.full(n, -1)  # above (sentinel)
+    if n * hi[0] * c.shape[-1] <= 40000:  # small: the whole grid at once
+        d = np.maximum(0.25 * np.arange(hi[0])[None, :, None] - off[:, None, :], 0.0)
+        ab = np.sum(c[:, None, :] * np.exp(-(d**2) / lam[:, None, :]), axis=-1) > STAMP_CHI2
+        lo = np.where(ab.any(axis=1), hi[0] - 1 - np.argmax(ab[:, ::-1], axis=1), -1)
+        hi = lo + 1
     while np.any(hi - lo > 1):
         mid = (lo + hi) // 2
         a = above(np.maximum(mid, 0))

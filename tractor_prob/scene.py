@@ -115,18 +115,20 @@ def _stamp_size(r: float, H: int, W: int) -> tuple:
     return (min(2 * R + 1, H), min(2 * R + 1, W))
 
 
-def _unit_sizes(img, srcs, counts, part):
+def _unit_sizes(img, srcs, counts, part, cache=None):
     """(stamp radius, coarse-grid step, f() -> step at STEP_GROW x INTERP_CHI2) of a render
     unit: the largest radius and the smallest step over its sources, all sized at the
-    brightest source's ``counts`` (psf.mog_radius, psf.mog_step)."""
-    mogs = type(srcs[0])._unit_mogs(img, srcs, part)
+    brightest source's ``counts`` (psf.mog_radius, psf.mog_step).  The radius is capped at
+    the image's larger side (stamps never exceed the image)."""
+    mogs = type(srcs[0])._unit_mogs(img, srcs, part, cache)
     noise = img.noise_sigma
     if mogs is None:
         r = max(s._stamp_radius(img, counts, part) for s in srcs)
         b = min(s._stamp_step(img, counts, part) for s in srcs)
         return r, b, lambda: min(s._stamp_step(img, counts, part, STEP_GROW) for s in srcs)
     amps, means, covs = mogs
-    r = min(float(np.max(mog_radii(amps, means, covs, counts, noise))), float(max(img.shape)))
+    rcap = float(max(img.shape))
+    r = min(float(np.max(mog_radii(amps, means, covs, counts, noise, rcap))), rcap)
     b = mog_step(amps, covs, counts, noise)
     return r, b, lambda: mog_step(amps, covs, counts, noise, STEP_GROW * INTERP_CHI2)
 
@@ -158,6 +160,13 @@ def compile_tractor(tractor):
                         for (spec, parts), (m, idx) in groups.items())
     units = tuple((g, p) for g, gp in enumerate(group_plans) for p in range(len(gp.parts)))
 
+    # nothing changed since the last call (e.g. repeated getModelImage): same plan
+    walk_key = (tuple(values), tuple(thawed), tuple(tuple(p) for p in priors), group_plans,
+                tuple((id(img), img.__dict__.get("_version")) for img in images.subs))
+    last = tractor.__dict__.get("_plan_cache")
+    if last is not None and last[0] == walk_key:
+        return last[1]
+
     # stamp radii only shrink when they fall well below what was used before: a
     # fit moving a radius back and forth across a rounding step must not retrace
     memo = tractor.__dict__.setdefault("_stamp_memo", {})
@@ -165,14 +174,14 @@ def compile_tractor(tractor):
     for i, (spec, off, img) in enumerate(img_specs):
         H, W = img.shape
         stamps, steps = [], []
-        counts_of = {}
+        counts_of, cache = {}, {}
         for g, p in units:
             gp = group_plans[g]
             srcs = [catalog.subs[j] for j in gp.members]
             if g not in counts_of:
                 counts_of[g] = max(abs(s._stamp_counts(img)) for s in srcs)
             counts = counts_of[g]
-            r, b, loose = _unit_sizes(img, srcs, counts, gp.parts[p])
+            r, b, loose = _unit_sizes(img, srcs, counts, gp.parts[p], cache)
             key = (i, gp.spec, gp.parts[p])
             r_old = memo.get(key, 0.0)
             if r_old * STAMP_SHRINK <= r < r_old:
@@ -192,7 +201,11 @@ def compile_tractor(tractor):
                         for (spec, shape, stamps, steps), (m, o) in image_groups.items())
     plan = Plan(len(values), len(catalog.subs), len(images.subs), image_plans, group_plans, units)
     theta = np.array(values, dtype=np.float64)
-    return plan, theta, np.array(thawed, dtype=bool), priors
+    thawed = np.array(thawed, dtype=bool)
+    theta.flags.writeable = thawed.flags.writeable = False  # shared with later calls
+    out = plan, theta, thawed, priors
+    tractor.__dict__["_plan_cache"] = (walk_key, out)
+    return out
 
 
 _CACHE: dict = {}

@@ -54,12 +54,13 @@ class Source(MultiParams):
         return mog_step(a, c, counts, image.noise_sigma, chi2_frac * INTERP_CHI2)
 
     @classmethod
-    def _unit_mogs(cls, image, srcs, part=None):
+    def _unit_mogs(cls, image, srcs, part=None, cache=None):
         """PSF-convolved profiles of ``part`` of the sources ``srcs`` (this class) in
         ``image``, for sizing their render unit at once: (flux fractions (n, K), means
         (n, K, 2), covariances (n, K, 2, 2)) in pixels, n <= len(srcs) distinct profiles;
         or None (then ``_stamp_radius`` / ``_stamp_step`` are asked source by source).
-        The radius and step must be those of ``psf.mog_radius`` / ``psf.mog_step``."""
+        The radius and step must be those of ``psf.mog_radius`` / ``psf.mog_step``.
+        ``cache``: a dict the caller keeps for one sizing pass (optional use)."""
         return None
 
     def _render_parts(self):
@@ -110,7 +111,7 @@ class PointSource(Source):
         return [self.brightness]
 
     @classmethod
-    def _unit_mogs(cls, image, srcs, part=None):
+    def _unit_mogs(cls, image, srcs, part=None, cache=None):
         a, m, c = image.psf.getMixtureOfGaussians()  # the same for every point source
         return a[None], m[None], c[None]
 
