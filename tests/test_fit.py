@@ -333,7 +333,8 @@ def _galaxy_field(H, W, flux_scale=1.0, re_scale=1.0, seed=0):
 
 @pytest.mark.parametrize("H, W, flux_scale, re_scale, lattice", [
     (64, 64, 1.0, 1.0, True),  # deV wings on coarse nodes covering the image (lattice unit)
-    (128, 128, 0.3, 0.3, False),  # deV wings on coarse stamps inside the image
+    pytest.param(128, 128, 0.3, 0.3, False,  # deV wings on coarse stamps inside the image
+                 marks=pytest.mark.slow),
 ])
 def test_normal_matrix_equals_dense_jacobian_galaxies(H, W, flux_scale, re_scale, lattice):
     """The assembled J^T W J and J^T W r equal those of a dense jacfwd of the model images
