@@ -444,8 +444,9 @@ def test_gaussian_prior_pins_parameter():
     x = tr.catalog[0].pos.x
     assert abs(x - mu) < 1e-6  # pinned by the prior
     assert abs(tr.catalog[0].pos.y - truth[1]) < 4 * sigma_x  # the others still fit
+    log_norm = -np.log(1e-6 * np.sqrt(2 * np.pi))  # the prior is a normalised density
     assert abs(tr.getLogProb() - tr.getLogLikelihood()
-               - (-0.5 * ((x - mu) / 1e-6) ** 2)) < 1e-6
+               - (-0.5 * ((x - mu) / 1e-6) ** 2 + log_norm)) < 1e-6
 
 
 # --------------------------------------------------------------------------- recovery

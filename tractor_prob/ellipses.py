@@ -102,6 +102,8 @@ class _Shape(ParamList):
 class EllipseE(_Shape):
     """``EllipseE(re, e1, e2)``: re in arcsec, (e1, e2) reduced-shear ellipticity, |e| < 1."""
 
+    supports = ("positive", "disk", "disk")
+
     @staticmethod
     def getNamedParams():
         return dict(re=0, e1=1, e2=2)
@@ -180,6 +182,8 @@ class EllipseESoft(_Shape):
 
 class GalaxyShape(_Shape):
     """``GalaxyShape(re, ab, phi)``: re in arcsec, axis ratio ab in (0, 1], phi in degrees (= -theta)."""
+
+    supports = ("positive", "positive", "real")
 
     @staticmethod
     def getNamedParams():

@@ -69,7 +69,7 @@ class Tractor(MultiParams):
             target, name = self._route(name)
             if target is None:
                 return getattr(MultiParams, method)(self, name, *args)
-            if "." in name and method != "addGaussianPrior":
+            if "." in name and method not in ("addGaussianPrior", "set_prior", "get_prior"):
                 head, rest = name.rsplit(".", 1)
                 obj = target
                 for part in head.split("."):
@@ -86,6 +86,8 @@ class Tractor(MultiParams):
     isParamFrozen = _routed("isParamFrozen")
     isParamThawed = _routed("isParamThawed")
     addGaussianPrior = _routed("addGaussianPrior")
+    set_prior = _routed("set_prior")
+    get_prior = _routed("get_prior")
     del _routed
 
     # --- accessors ---
@@ -291,6 +293,35 @@ class Tractor(MultiParams):
         if alpha > 0:
             self.setAllParams(np.asarray(theta_new).tolist())
         return float(dlnp), np.asarray(X), alpha
+
+    # --- the probabilistic program ---
+    def model(self):
+        """The scene as a numpyro model (a callable; tractor_prob.model.SceneModel): a prior
+        for every parameter, frozen ones conditioned on their current values, the render
+        core and the pixels' Gaussian likelihood.  Its log density at the current values is
+        ``getLogProb()``."""
+        from .model import SceneModel
+
+        return SceneModel(self)
+
+    def fit_map(self, steps=100, tol=1e-6, alphas=None, damp=0.0, priors=True):
+        """Optimize to the posterior mode and return a MapResult with the full covariance
+        (``.covariance``, ``.stderr[path]``, ``.correlation``); values are written back.
+        See tractor_prob.inference.fit_map."""
+        from .inference import fit_map
+
+        return fit_map(self, steps=steps, tol=tol, alphas=alphas, damp=damp, priors=priors)
+
+    def sample(self, num_warmup=500, num_samples=500, num_chains=1, kernel="nuts", init="map",
+               seed=0, progress_bar=True, chain_method="sequential", **kwargs):
+        """NUTS/HMC posterior draws of the thawed parameters -> SampleResult
+        (``.to_arviz()``, ``.summary()``, ``.corner()``, ``.write_back()``, ...).
+        See tractor_prob.inference.sample for saving, resuming and the other options."""
+        from .inference import sample
+
+        return sample(self, num_warmup=num_warmup, num_samples=num_samples,
+                      num_chains=num_chains, kernel=kernel, init=init, seed=seed,
+                      progress_bar=progress_bar, chain_method=chain_method, **kwargs)
 
     def optimize_loop(self, dchisq=1e-3, steps=50, **kwargs):
         """Call optimize() until dlnp < dchisq (or ``steps`` times).

@@ -11,18 +11,22 @@ sources of a kind), and the normal matrix J^T W J is assembled from
 - dense columns only for thawed image calibration parameters (sky, PSF, WCS),
   which touch every pixel, and their cross terms with the stamps.
 
-Gaussian priors add their own residuals.  ``Fitter.step`` runs one complete
+Gaussian priors add their own residuals; other priors (any numpyro
+distribution, batched by family) add their gradient and curvature.  ``Fitter.step`` runs one complete
 step (system, solve, line search over alpha) inside one jitted call.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpyro.distributions import Normal
 
+from .priors import group_priors
 from .render import mog
 from .scene import Compiled, is_lattice
 
@@ -217,8 +221,14 @@ class Fitter:
         return J
 
     def _log_prior(self, theta, pri):
-        tidx, mu, sig = pri
-        return -0.5 * jnp.sum(((theta[tidx] - mu) / sig) ** 2)
+        """Sum of the thawed parameters' log priors (-inf outside a prior's support)."""
+        (tidx, mu, sig), others = pri
+        lp = jnp.sum(-0.5 * ((theta[tidx] - mu) / sig) ** 2 - jnp.log(sig)) \
+            - 0.5 * math.log(2 * math.pi) * len(mu)
+        for idx, d in others:
+            x = theta[idx]
+            lp = lp + jnp.sum(jnp.where(d.support(x), d.log_prob(x), -jnp.inf))
+        return lp
 
     def _image_terms(self, fg, carry, x, theta):
         """Add one image's J^T W J, J^T W r and log-likelihood to carry=(A, grad, lnl)."""
@@ -323,10 +333,17 @@ class Fitter:
             else:
                 carry, _ = jax.lax.scan(body, carry, xs)
         A, grad, lnl = carry
-        tidx, mu, sig = pri
+        (tidx, mu, sig), others = pri
         pt = jnp.asarray(self.t_of)[tidx]
         A = A.at[pt, pt].add(1.0 / sig**2)
         grad = grad.at[pt].add((mu - theta[tidx]) / sig**2)
+        for idx, d in others:  # elementwise: gradient and (clipped) curvature of log p
+            def dlp(x, d=d):
+                return jax.grad(lambda x: jnp.sum(d.log_prob(x)))(x)
+            g1, g2 = jax.jvp(dlp, (theta[idx],), (jnp.ones(len(idx), theta.dtype),))
+            pt = jnp.asarray(self.t_of)[idx]
+            A = A.at[pt, pt].add(jnp.maximum(-g2, 0.0))
+            grad = grad.at[pt].add(g1)
         lnp = lnl + self._log_prior(theta, pri)
         return A[:nt, :nt], grad[:nt], lnp
 
@@ -436,12 +453,17 @@ class Fitter:
                 self._cal_jacobian(fg, iv, theta)))(ivs))
         return tuple(out)
 
-    def prior_arrays(self, priors, thawed):
+    @staticmethod
+    def prior_arrays(priors, thawed):
+        """The thawed parameters' priors: ((theta index, mu, sigma) arrays of the Gaussian
+        ones, ((theta indices, batched distribution), ...) of the others)."""
         rows = [p for p in priors if thawed[p[0]]]
-        if not rows:
-            return (np.zeros(0, np.int32), np.zeros(0), np.ones(0))
-        idx, mu, sig = zip(*rows)
-        return (np.asarray(idx, np.int32), np.asarray(mu, float), np.asarray(sig, float))
+        gauss = [(i, float(d.loc), float(d.scale)) for i, d in rows if type(d) is Normal]
+        others = tuple(group_priors([(i, d) for i, d in rows if type(d) is not Normal]))
+        if not gauss:
+            return (np.zeros(0, np.int32), np.zeros(0), np.ones(0)), others
+        idx, mu, sig = zip(*gauss)
+        return (np.asarray(idx, np.int32), np.asarray(mu, float), np.asarray(sig, float)), others
 
 
 class _Scatter:

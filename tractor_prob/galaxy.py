@@ -223,6 +223,7 @@ class FracDev(ScalarParam):
     """Fraction of a FixedCompositeGalaxy's flux in its deV component, in [0, 1]."""
 
     stepsize = 0.01
+    support = ("interval", 0.0, 1.0)
 
     def isLegal(self):
         return 0.0 <= self.val <= 1.0

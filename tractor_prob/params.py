@@ -107,8 +107,8 @@ class Params:
         raise NotImplementedError
 
     def _collect(self, values: list, thawed: list, path_thawed: bool, priors=None) -> Spec:
-        """Append all values and thawed flags (and Gaussian prior rows (index, mu,
-        sigma) to ``priors`` if given); return the Spec."""
+        """Append all values and thawed flags (and prior rows (index, numpyro
+        distribution) to ``priors`` if given); return the Spec."""
         raise NotImplementedError
 
     # --- built on the above -------------------------------------------------
@@ -147,11 +147,16 @@ class Params:
         return (getClassName(self), tuple(self.getAllParams()))
 
     def getLogPrior(self) -> float:
-        """Sum of the Gaussian priors on thawed parameters (0 if none)."""
+        """Sum of the log prior densities of the thawed parameters (flat defaults add 0)."""
         return 0.0
 
     def isLegal(self) -> bool:
         return True
+
+    def _supports(self) -> list:
+        """Support of every parameter (frozen included), in getAllParams() order:
+        'real', 'positive', 'disk' (a pair in the unit disk) or ('interval', lo, hi)."""
+        raise NotImplementedError
 
 
 class ScalarParam(Params):
@@ -159,6 +164,8 @@ class ScalarParam(Params):
 
     stepsize = 1.0
     strformat = "%g"
+    #: the value's support (tractor_prob.priors); subclasses narrow it
+    support = "real"
 
     def __init__(self, val: float = 0.0):
         self.val = _check_finite(val, getClassName(self), self)
@@ -202,23 +209,33 @@ class ScalarParam(Params):
         return [self.stepsize]
 
     def addGaussianPrior(self, name: str, mu: float, sigma: float) -> None:
-        """Add a Gaussian prior N(mu, sigma) on this scalar (``name`` is its class name)."""
-        if name != getClassName(self):
-            raise ValueError(
-                f"unknown parameter name {name!r} for {getClassName(self)}; "
-                f"known: [{getClassName(self)!r}]"
-            )
-        self._prior = _gaussian(mu, sigma)
+        """Gaussian prior N(mu, sigma) on this scalar (``name`` is its class name);
+        the same as ``set_prior(name, numpyro.distributions.Normal(mu, sigma))``."""
+        self.set_prior(name, _gaussian(mu, sigma))
+
+    def set_prior(self, name: str, prior) -> None:
+        """Prior on this scalar: a scalar numpyro distribution, ``'positive'`` (flat on
+        values > 0) or ``None``/``'default'`` (the type's default; see tractor_prob.priors)."""
+        self._check_name(name)
+        self._prior = _as_prior(prior, self, name)
+
+    def get_prior(self, name: str):
+        """The prior set on this scalar (None: the type's default)."""
+        self._check_name(name)
+        return self._prior
+
+    def _check_name(self, name):
+        known = self.getParamNames()
+        if name != getClassName(self) and name not in known:
+            raise ValueError(f"unknown parameter name {name!r} for {getClassName(self)}; "
+                             f"known: {known}")
 
     def getLogPrior(self):
-        if self._prior is None:
-            return 0.0
-        mu, sig = self._prior
-        return -0.5 * ((self.val - mu) / sig) ** 2
+        return _log_prior(self._prior, self.val)
 
     def _collect(self, values, thawed, path_thawed, priors=None):
         if priors is not None and self._prior is not None:
-            priors.append((len(values), *self._prior))
+            priors.append((len(values), self._prior))
         values.append(self.val)
         thawed.append(path_thawed)
         return Spec(type(self), self._static(), 1)
@@ -226,13 +243,34 @@ class ScalarParam(Params):
     def _static(self):
         return None
 
+    def _supports(self):
+        return [self.support]
+
 
 def _gaussian(mu, sigma):
     mu = float(mu)
     sigma = float(sigma)
     if not (math.isfinite(mu) and math.isfinite(sigma) and sigma > 0):
         raise ValueError(f"Gaussian prior needs finite mu and sigma > 0, got ({mu}, {sigma})")
-    return (mu, sigma)
+    from numpyro.distributions import Normal
+
+    return Normal(mu, sigma)
+
+
+def _as_prior(prior, owner, name):
+    """A user's prior argument -> a scalar numpyro distribution, or None (the default)."""
+    from .priors import as_prior
+
+    return as_prior(prior, f"{getClassName(owner)}.{name}")
+
+
+def _log_prior(prior, value) -> float:
+    """log p(value) of a prior (0 for None, the flat default); -inf outside its support."""
+    if prior is None:
+        return 0.0
+    from .priors import log_prob
+
+    return log_prob(prior, value)
 
 
 class NamedParams(Params):
@@ -424,7 +462,21 @@ class NamedParams(Params):
         return names
 
     def addGaussianPrior(self, name: str, mu: float, sigma: float) -> None:
-        """Gaussian prior N(mu, sigma) on the parameter ``name`` (a dotted path below here)."""
+        """Gaussian prior N(mu, sigma) on the parameter ``name`` (a dotted path below here);
+        the same as ``set_prior(name, numpyro.distributions.Normal(mu, sigma))``."""
+        self.set_prior(name, _gaussian(mu, sigma))
+
+    def set_prior(self, name: str, prior) -> None:
+        """Prior on the parameter ``name`` (a dotted path below here, e.g. ``'pos.x'``):
+        a scalar numpyro distribution, ``'positive'`` (flat on values > 0), or
+        ``None``/``'default'`` for the parameter type's default (tractor_prob.priors)."""
+        self._leaf_call(name, "set_prior", prior)
+
+    def get_prior(self, name: str):
+        """The prior set on parameter ``name`` (None: its type's default)."""
+        return self._leaf_call(name, "get_prior")
+
+    def _leaf_call(self, name, method, *args):
         head, _, rest = name.partition(".")
         i = self._index(head)
         sub = self._subAt(i)
@@ -433,13 +485,12 @@ class NamedParams(Params):
         if sub is None:
             if rest:
                 raise ValueError(f"unknown parameter name {name!r} for {getClassName(self)}")
-            self._priors[i] = _gaussian(mu, sigma)
-        elif rest:
-            sub.addGaussianPrior(rest, mu, sigma)
-        elif isinstance(sub, ScalarParam):
-            sub.addGaussianPrior(getClassName(sub), mu, sigma)
-        else:
-            raise ValueError(f"{name!r} names a sub-object of {getClassName(self)}, not a parameter")
+            return getattr(self, "_own_" + method)(i, *args)
+        if rest:
+            return getattr(sub, method)(rest, *args)
+        if isinstance(sub, ScalarParam):
+            return getattr(sub, method)(getClassName(sub), *args)
+        raise ValueError(f"{name!r} names a sub-object of {getClassName(self)}, not a parameter")
 
 
 class ParamList(NamedParams):
@@ -522,19 +573,29 @@ class ParamList(NamedParams):
     def __iter__(self):
         return iter(self.getParams())
 
+    def _own_set_prior(self, i, prior):
+        prior = _as_prior(prior, self, self.getNamedParamName(i))
+        if prior is None:
+            self._priors.pop(i, None)
+        else:
+            self._priors[i] = prior
+
+    def _own_get_prior(self, i):
+        return self._priors.get(i)
+
     def getLogPrior(self):
-        lp = 0.0
-        for i, (mu, sig) in self._priors.items():
-            if self._thawed[i]:
-                lp += -0.5 * ((self.vals[i] - mu) / sig) ** 2
-        return lp
+        return sum(_log_prior(d, self.vals[i]) for i, d in self._priors.items() if self._thawed[i])
 
     def _static(self):
         return tuple(self.getAllParamNames())
 
+    def _supports(self):
+        """Class or instance attribute ``supports`` (one per entry), else all 'real'."""
+        return list(getattr(self, "supports", None) or ["real"] * len(self.vals))
+
     def _collect(self, values, thawed, path_thawed, priors=None):
         if priors is not None:
-            priors.extend((len(values) + i, mu, sig) for i, (mu, sig) in self._priors.items())
+            priors.extend((len(values) + i, d) for i, d in sorted(self._priors.items()))
         values.extend(self.vals)
         thawed.extend(path_thawed and t for t in self._thawed)
         return Spec(type(self), self._static(), len(self.vals))
@@ -667,6 +728,9 @@ class MultiParams(NamedParams):
 
     def _static(self):
         return None
+
+    def _supports(self):
+        return [k for s in self.subs if s is not None for k in s._supports()]
 
     def _collect(self, values, thawed, path_thawed, priors=None):
         children = tuple(

@@ -207,6 +207,7 @@ class NCircularGaussianPSF(_MoGRadius, MultiParams):
         s, w = ParamList(*sigmas), ParamList(*weights)
         s.stepsizes = [0.01] * len(sigmas)
         w.stepsizes = [0.01] * len(weights)
+        s.supports = ["positive"] * len(sigmas)
         super().__init__(s, w)
 
     def __str__(self):

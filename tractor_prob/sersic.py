@@ -21,6 +21,7 @@ class SersicIndex(ScalarParam):
     """The Sersic index n (dimensionless), legal within ``profiles.SERSIC_N_RANGE``."""
 
     stepsize = 0.01
+    support = ("interval", *profiles.SERSIC_N_RANGE)
 
     def __init__(self, val):
         super().__init__(val)

@@ -34,12 +34,6 @@ class ConstantSky(ScalarParam):
 
     getAllParamNames = getParamNames
 
-    def addGaussianPrior(self, name, mu, sigma):
-        """Gaussian prior N(mu, sigma) on the sky level (``name`` is 'sky')."""
-        if name not in ("sky", "ConstantSky"):
-            raise ValueError(f"unknown parameter name {name!r} for ConstantSky; known: ['sky']")
-        super().addGaussianPrior("ConstantSky", mu, sigma)
-
     def getValue(self) -> float:
         return self.val
 

@@ -1,0 +1,522 @@
+"""MAP fits with full covariances, and NUTS/HMC sampling of the scene model.
+
+Both go through the one model (``tractor_prob.model.SceneModel``) and the one render core:
+
+- :func:`fit_map` iterates the Gauss-Newton / Levenberg-Marquardt step of
+  ``Tractor.optimize()`` (stamp Jacobians, pair blocks, the priors' gradient and
+  curvature) to convergence, writes the values back and inverts the normal matrix
+  J^T W J + prior curvature at the optimum: the full inverse Fisher matrix.  The MAP
+  is the mode of the posterior density in the parameters' own space.
+- :func:`sample` runs numpyro's NUTS or HMC on the model's potential (bounded
+  parameters in unconstrained space through numpyro's transforms), started at
+  the MAP with a dense mass matrix from the MAP covariance, and returns a
+  :class:`SampleResult` (ArviZ data, summary, corner plots, write-back,
+  posterior-predictive images).  Draws can be saved to netCDF as they come, and a
+  saved run resumed or extended.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _arviz
+
+__all__ = ["MapResult", "SampleResult", "fit_map", "sample"]
+
+
+# --------------------------------------------------------------------------------------
+# MAP
+
+
+class MapResult:
+    """The result of ``Tractor.fit_map()``.
+
+    Attributes
+    ----------
+    paths : list of str
+        Thawed parameter paths (``getParamNames()`` order).
+    values : dict
+        path -> value at the optimum (also written into the Tractor's objects).
+    covariance : (n, n) ndarray
+        Inverse of J^T W J + prior curvature at the optimum (units of the parameters).
+    stderr : dict
+        path -> sqrt of the covariance diagonal.
+    correlation : (n, n) ndarray
+    converged : bool
+        The last step improved the log-probability by less than ``tol``.
+    n_steps : int
+    log_prob : float
+        ``Tractor.getLogProb()`` at the optimum.
+    """
+
+    def __init__(self, paths, values, covariance, converged, n_steps, log_prob):
+        self.paths = list(paths)
+        self.values = dict(zip(self.paths, map(float, values)))
+        self.covariance = covariance
+        sd = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+        self.stderr = dict(zip(self.paths, map(float, sd)))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.correlation = covariance / np.outer(sd, sd)
+        self.converged = bool(converged)
+        self.n_steps = int(n_steps)
+        self.log_prob = float(log_prob)
+
+    def __repr__(self):
+        w = max([len(p) for p in self.paths] + [9])
+        lines = [f"MapResult: converged={self.converged} after {self.n_steps} steps, "
+                 f"log_prob={self.log_prob:.6g}",
+                 f"  {'parameter':<{w}}  {'value':>14}  {'stderr':>10}"]
+        lines += [f"  {p:<{w}}  {self.values[p]:>14.7g}  {self.stderr[p]:>10.4g}"
+                  for p in self.paths]
+        return "\n".join(lines)
+
+
+def fit_map(tractor, steps: int = 100, tol: float = 1e-6, alphas=None, damp: float = 0.0,
+            priors: bool = True) -> MapResult:
+    """Optimize the thawed parameters to the posterior mode; full covariance at the end.
+
+    Parameters
+    ----------
+    steps : int
+        Most linearized steps (each one ``Tractor.optimize()`` step).
+    tol : float
+        Converged when a step improves the log-probability by less than this.
+    alphas, damp, priors
+        As in ``Tractor.optimize()``.
+    """
+    converged, n = False, 0
+    for n in range(1, steps + 1):
+        dlnp, _, alpha = tractor.optimize(alphas=alphas, damp=damp, priors=priors)
+        if dlnp < tol:
+            converged = True
+            break
+    cov = covariance(tractor, priors=priors)
+    return MapResult(tractor.getParamNames(), tractor.getParams(), cov, converged, n,
+                     tractor.getLogProb())
+
+
+def covariance(tractor, priors: bool = True) -> np.ndarray:
+    """(n, n) inverse of J^T W J + prior curvature at the current thawed values."""
+    fitter, theta, pairs, pri = tractor._fit_inputs()
+    if not priors:
+        pri = fitter.prior_arrays([], np.zeros(0, bool))
+    data, weights = tractor._pixels(fitter.c)
+    A = np.asarray(fitter.system(theta, data, weights, pairs, pri)[0])
+    try:
+        return np.linalg.inv(A)
+    except np.linalg.LinAlgError:
+        raise ValueError(
+            "the normal matrix is singular at this point: some thawed parameter is not "
+            "constrained by the data (freeze it or give it a prior)") from None
+
+
+# --------------------------------------------------------------------------------------
+# sampling
+
+
+class SampleResult:
+    """Posterior draws of the thawed parameters, named by path.
+
+    Attributes
+    ----------
+    paths : list of str
+    draws : (chains, draws, n) ndarray
+        Thawed parameter values (``getParamNames()`` order).
+    stats : dict
+        Per-draw sampler statistics, each (chains, draws): ``diverging``,
+        ``tree_depth``, ``n_steps``, ``acceptance_rate``, ``lp`` (log density).
+    map : MapResult or None
+        The MAP fit the chains started from (``init='map'``).
+    seconds : float
+        Wall time of the sampling call, compilation included.
+    """
+
+    def __init__(self, tractor, model, draws, stats, map_result=None, seconds=float("nan")):
+        self.tractor, self.model = tractor, model
+        self.paths = list(model.thawed_paths)
+        self.draws = np.asarray(draws)
+        self.stats = {k: np.asarray(v) for k, v in stats.items()}
+        self.map = map_result
+        self.seconds = seconds
+
+    @property
+    def num_chains(self) -> int:
+        return self.draws.shape[0]
+
+    @property
+    def num_samples(self) -> int:
+        return self.draws.shape[1]
+
+    def __getitem__(self, path) -> np.ndarray:
+        """(chains, draws) of one parameter."""
+        return self.draws[..., self._index(path)]
+
+    def _index(self, path) -> int:
+        try:
+            return self.paths.index(path)
+        except ValueError:
+            raise KeyError(f"unknown parameter {path!r}; sampled: {self.paths}") from None
+
+    def _thetas(self, n=None, seed=0):
+        """Full parameter vectors of n draws (all if None), (n, n_theta)."""
+        flat = self.draws.reshape(-1, len(self.paths))
+        if n is not None and n < len(flat):
+            flat = flat[np.random.default_rng(seed).choice(len(flat), n, replace=False)]
+        theta = np.broadcast_to(self.model.theta0, (len(flat), len(self.model.theta0))).copy()
+        theta[:, self.model.thawed] = flat
+        return theta
+
+    def to_arviz(self, observed: bool = False, log_likelihood: bool = False):
+        """ArviZ data: posterior (one variable per parameter path), sample_stats; with
+        ``observed`` the images' pixels (``image<i>``); with ``log_likelihood`` the
+        pointwise (per pixel) log-likelihood -chi^2/2 of every draw."""
+        post = {p: self.draws[..., k] for k, p in enumerate(self.paths)}
+        obs = ll = None
+        if observed or log_likelihood:
+            images = self.tractor.images.subs
+            obs = {f"image{i}": np.asarray(im.data) for i, im in enumerate(images)}
+        if log_likelihood:
+            models = self.model_images()
+            C, D = self.draws.shape[:2]
+            ll = {}
+            for i, im in enumerate(self.tractor.images.subs):
+                chi = (np.asarray(im.data) - models[i]) * np.sqrt(np.asarray(im.invvar))
+                ll[f"image{i}"] = (-0.5 * chi * chi).reshape((C, D) + chi.shape[1:])
+        return _arviz.make_idata(post, sample_stats=dict(self.stats),
+                                 observed_data=obs if observed or log_likelihood else None,
+                                 log_likelihood=ll,
+                                 attrs={"sampling_seconds": self.seconds,
+                                        "paths": json.dumps(self.paths)})
+
+    def summary(self, var_names=None, hdi_prob: float = 0.94):
+        """pandas DataFrame: mean, sd, HDI, ESS, R-hat per parameter path."""
+        return _arviz.summary(self.to_arviz(), var_names=var_names, hdi_prob=hdi_prob)
+
+    def median(self) -> dict:
+        return {p: float(np.median(self.draws[..., k])) for k, p in enumerate(self.paths)}
+
+    def mean(self) -> dict:
+        return {p: float(np.mean(self.draws[..., k])) for k, p in enumerate(self.paths)}
+
+    def std(self) -> dict:
+        return {p: float(np.std(self.draws[..., k], ddof=1)) for k, p in enumerate(self.paths)}
+
+    def interval(self, prob: float = 0.68) -> dict:
+        """path -> (low, high) central interval holding ``prob`` of the draws."""
+        q = [(1 - prob) / 2 * 100, (1 + prob) / 2 * 100]
+        return {p: tuple(map(float, np.percentile(self.draws[..., k], q)))
+                for k, p in enumerate(self.paths)}
+
+    def write_back(self, stat: str = "median") -> None:
+        """Set the Tractor's thawed parameters to the posterior median (or ``'mean'``)."""
+        if stat not in ("median", "mean"):
+            raise ValueError(f"write_back: stat must be 'median' or 'mean', got {stat!r}")
+        vals = self.median() if stat == "median" else self.mean()
+        names = self.tractor.getParamNames()
+        if names != self.paths:
+            raise ValueError("write_back: the Tractor's thawed parameters changed since sampling")
+        self.tractor.setParams([vals[p] for p in self.paths])
+
+    def model_images(self, n: int | None = None, noise: bool = False, seed: int = 0):
+        """Posterior-predictive images: a list over images of (n_draws, H, W) arrays,
+        the model at ``n`` random draws (all draws if None), with pixel noise drawn from
+        the images' inverse variances if ``noise``."""
+        comp = self.model.comp
+        thetas = jnp.asarray(self._thetas(n, seed))
+        on = jnp.ones(comp.plan.n_src)
+        render = jax.jit(jax.vmap(lambda th: comp._render(th, on, 1.0)))
+        per_group = render(thetas)
+        out = [None] * comp.plan.n_images
+        rng = np.random.default_rng(seed)
+        for ip, arr in zip(comp.plan.images, per_group):
+            arr = np.asarray(arr)
+            for k, i in enumerate(ip.members):
+                m = arr[:, k]
+                if noise:
+                    iv = np.asarray(self.tractor.images.subs[i].invvar)
+                    sd = np.where(iv > 0, 1.0 / np.sqrt(np.where(iv > 0, iv, 1.0)), 0.0)
+                    m = m + rng.normal(size=m.shape) * sd
+                out[i] = m
+        return out
+
+    def corner(self, var_names=None, truths=None, **kwargs):
+        """Corner plot (``corner`` package) of the chosen paths (default all);
+        ``truths``: dict path -> value or a list.  Returns the matplotlib figure."""
+        import corner
+
+        names = list(var_names) if var_names is not None else self.paths
+        cols = [self._index(p) for p in names]
+        x = self.draws.reshape(-1, len(self.paths))[:, cols]
+        if isinstance(truths, dict):
+            truths = [truths.get(p) for p in names]
+        kwargs.setdefault("labels", names)
+        kwargs.setdefault("show_titles", True)
+        return corner.corner(x, truths=truths, **kwargs)
+
+    def plot_trace(self, path, var_names=None):
+        """Trace plot (PNG at ``path``) of the chosen parameters."""
+        return _arviz.plot_trace(self.to_arviz(), var_names or self.paths, path)
+
+    def save(self, path) -> None:
+        """Write the draws (ArviZ netCDF) atomically."""
+        _arviz.to_netcdf(self.to_arviz(), path)
+
+    def __repr__(self):
+        div = int(np.sum(self.stats.get("diverging", 0)))
+        return (f"SampleResult: {self.num_chains} chain(s) x {self.num_samples} draws of "
+                f"{len(self.paths)} parameters, {div} divergences, {self.seconds:.2f} s")
+
+
+def _unconstrained_setup(model):
+    """(potential(z), z0, to_constrained(z), flat-order paths) for the model's latent sites."""
+    from numpyro.distributions.transforms import biject_to
+    from numpyro.infer.util import potential_energy
+
+    args = (jnp.asarray(model.theta0), model.data, model.weights)
+    transforms = {s.name: biject_to(s.dist.support) for s in model._sites}
+
+    def potential(z):
+        return potential_energy(model, args, {}, z)
+
+    z0 = {k: transforms[k].inv(v) for k, v in model.site_values().items()}
+    return jax.jit(potential), z0, transforms
+
+
+def _inverse_mass(model, z0, transforms, cov_thawed):
+    """Dense inverse mass matrix in the sampler's flat unconstrained order from the MAP
+    covariance: Jinv C Jinv^T with J = d(constrained thawed)/d(unconstrained)."""
+    from jax.flatten_util import ravel_pytree
+
+    flat0, unravel = ravel_pytree(z0)
+
+    def thawed_of(flat):
+        z = unravel(flat)
+        theta = jnp.asarray(model.theta0)
+        for s in model._sites:
+            theta = theta.at[s.idx].set(transforms[s.name](z[s.name]))
+        return theta[np.flatnonzero(model.thawed)]
+
+    J = np.asarray(jax.jacfwd(thawed_of)(flat0))
+    Jinv = np.linalg.inv(J)
+    M = Jinv @ cov_thawed @ Jinv.T
+    return 0.5 * (M + M.T)
+
+
+def sample(tractor, num_warmup: int = 500, num_samples: int = 500, num_chains: int = 1,
+           kernel: str = "nuts", init: str = "map", seed: int = 0, progress_bar: bool = True,
+           chain_method: str = "sequential", dense_mass: bool = True, save=None,
+           resume=None, chunk: int = 50, target_accept_prob: float = 0.8):
+    """Sample the posterior of the thawed parameters with NUTS or HMC (numpyro kernels).
+
+    The chains advance ``chunk`` iterations per call of one jitted loop (compiled once,
+    reused for warmup, draws and every chain); progress is reported per chunk.
+
+    Parameters
+    ----------
+    num_warmup, num_samples, num_chains : int
+        Adaptation iterations, then draws per chain.
+    kernel : {'nuts', 'hmc'}
+    init : {'map', 'current'}
+        Start at the MAP (``fit_map()``; its covariance seeds a dense mass matrix) or at
+        the current values.
+    seed : int
+        Random seed; with several chains each gets its own stream and a jittered start.
+    progress_bar : bool
+        A tqdm progress bar over all iterations of all chains.
+    chain_method : {'sequential', 'vectorized'}
+        Chains one after the other within each chunk (no wasted work), or in lockstep
+        under ``vmap`` (every NUTS tree as long as the longest chain's).
+    dense_mass : bool
+        Adapt a dense (True) or diagonal mass matrix.
+    save : path or None
+        After every chunk, write the draws so far (ArviZ netCDF) and the sampler state
+        (``<save>.state.npz``), each atomically: an interrupted run keeps what it finished.
+    resume : path or None
+        Continue a saved run: its draws are kept and the chains go on from the saved
+        state (no new warmup) until they hold ``num_samples`` draws.
+    chunk : int
+        Iterations per jitted call (and per save).
+    """
+    from numpyro.infer import HMC, NUTS
+
+    from .model import SceneModel
+
+    t0 = time.perf_counter()
+    if kernel not in ("nuts", "hmc"):
+        raise ValueError(f"sample(): kernel must be 'nuts' or 'hmc', got {kernel!r}")
+    if init not in ("map", "current"):
+        raise ValueError(f"sample(): init must be 'map' or 'current', got {init!r}")
+    if chain_method not in ("sequential", "vectorized"):
+        raise ValueError(f"sample(): chain_method must be 'sequential' or 'vectorized', "
+                         f"got {chain_method!r}")
+    if min(num_samples, num_chains, chunk) < 1 or num_warmup < 0:
+        raise ValueError("sample(): num_samples, num_chains and chunk must be >= 1, "
+                         "num_warmup >= 0")
+    if tractor.numberOfParams() == 0:
+        raise ValueError("sample(): no thawed parameters")
+    bad = tractor._illegal_objects()
+    if bad:
+        raise ValueError("cannot sample from illegal parameter values: " + "; ".join(bad[:5]))
+    done, saved_state = None, None
+    if resume is not None:
+        done, saved_state, saved_paths = _load(resume)
+        if saved_paths != tractor.getParamNames():
+            raise ValueError(f"resume: {resume} holds parameters {saved_paths}, the Tractor "
+                             f"has {tractor.getParamNames()}")
+        if done[0].shape[0] != num_chains:
+            raise ValueError(f"resume: {resume} has {done[0].shape[0]} chains, "
+                             f"asked for {num_chains}")
+        save = resume if save is None else save
+        num_warmup = 0
+    map_result = fit_map(tractor) if init == "map" and resume is None else None
+    model = SceneModel(tractor)
+    potential, z0, transforms = _unconstrained_setup(model)
+    kw = dict(potential_fn=potential, dense_mass=dense_mass,
+              target_accept_prob=target_accept_prob)
+    if map_result is not None and dense_mass:
+        kw["inverse_mass_matrix"] = _inverse_mass(model, z0, transforms, map_result.covariance)
+    sampler = NUTS(**kw) if kernel == "nuts" else HMC(**kw)
+
+    keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
+    starts = [z0] if num_chains == 1 else _jitter(z0, num_chains, jax.random.PRNGKey(seed + 1))
+    states = [sampler.init(keys[c], num_warmup, starts[c]) for c in range(num_chains)]
+    if saved_state is not None:
+        states = [_restore_state(states[c], [leaf[c] for leaf in saved_state])
+                  for c in range(num_chains)]
+
+    def run(state):
+        def body(s, _):
+            s = sampler.sample(s, (), {})
+            return s, (s.z, s.diverging, s.num_steps, s.accept_prob, s.potential_energy)
+
+        return jax.lax.scan(body, state, None, length=chunk)
+
+    run = jax.jit(jax.vmap(run) if chain_method == "vectorized" and num_chains > 1 else run)
+    if chain_method == "vectorized" and num_chains > 1:
+        states = [jax.tree_util.tree_map(lambda *x: jnp.stack(x), *states)]
+
+    draws, stats = ([done[0]], [done[1]]) if done is not None else ([], [])
+    n_have = 0 if done is None else done[0].shape[1]
+    total = num_warmup + num_samples - n_have
+    bar = _progress(total * num_chains, progress_bar)
+    it = 0  # iterations run per chain (warmup included)
+    while n_have < num_samples:
+        outs = []
+        for c, st in enumerate(states):
+            states[c], out = run(st)
+            outs.append(out)
+        bar.update(chunk * num_chains)
+        outs = _stack_chains(outs, chain_method == "vectorized" and num_chains > 1)
+        first = max(0, num_warmup - it)  # this chunk's first post-warmup iteration
+        keep = slice(first, min(chunk, first + num_samples - n_have))
+        it += chunk
+        if keep.start >= keep.stop:
+            continue
+        d, st = _constrain(outs, keep, model, transforms)
+        draws.append(d)
+        stats.append(st)
+        n_have += d.shape[1]
+        if save is not None:
+            _save(save, draws, stats, states, chain_method == "vectorized" and num_chains > 1,
+                  tractor, model, map_result)
+    bar.close()
+    all_draws = np.concatenate(draws, axis=1)
+    all_stats = {k: np.concatenate([s[k] for s in stats], axis=1) for k in stats[0]}
+    return SampleResult(tractor, model, all_draws, all_stats, map_result,
+                        time.perf_counter() - t0)
+
+
+def _progress(total, show):
+    """A tqdm bar (or a no-op when ``show`` is False)."""
+    if show:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc="sampling", unit="it")
+
+    class _Quiet:
+        def update(self, n):
+            pass
+
+        def close(self):
+            pass
+
+    return _Quiet()
+
+
+def _jitter(z0, num_chains, key):
+    """num_chains starting points: z0 plus N(0, 0.1^2) offsets in unconstrained space."""
+    out = [dict() for _ in range(num_chains)]
+    for k, v in z0.items():
+        key, sub = jax.random.split(key)
+        noise = 0.1 * jax.random.normal(sub, (num_chains,) + jnp.shape(v))
+        for c in range(num_chains):
+            out[c][k] = v + noise[c]
+    return out
+
+
+def _stack_chains(outs, vectorized):
+    """Per-chunk outputs -> one pytree with a leading chain axis, then iterations."""
+    if vectorized:
+        return outs[0]
+    return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *outs)
+
+
+def _constrain(outs, keep, model, transforms):
+    """(draws (chains, n, n_thawed), stats (chains, n)) from a chunk's outputs."""
+    z, diverging, n_steps, accept, pe = jax.tree_util.tree_map(
+        lambda a: np.asarray(a)[:, keep], outs)
+    cons = {k: np.asarray(transforms[k](jnp.asarray(v))) for k, v in z.items()}
+    stats = {
+        "diverging": np.asarray(diverging, bool),
+        "n_steps": np.asarray(n_steps),
+        "tree_depth": np.ceil(np.log2(np.asarray(n_steps) + 1)).astype(int),
+        "acceptance_rate": np.asarray(accept),
+        "lp": -np.asarray(pe),
+    }
+    return model.thawed_of(cons), stats
+
+
+def _save(path, draws, stats, states, vectorized, tractor, model, map_result):
+    """Draws so far -> netCDF (atomic); sampler states -> <path>.state.npz (atomic)."""
+    res = SampleResult(tractor, model, np.concatenate(draws, axis=1),
+                       {k: np.concatenate([s[k] for s in stats], axis=1) for k in stats[0]},
+                       map_result)
+    res.save(path)
+    per_chain = [jax.tree_util.tree_leaves(st) for st in states]
+    if vectorized:
+        leaves = [np.asarray(x) for x in per_chain[0]]
+    else:
+        leaves = [np.stack([np.asarray(ch[i]) for ch in per_chain]) for i in range(len(per_chain[0]))]
+    tmp = f"{path}.state.tmp.npz"
+    np.savez(tmp, paths=json.dumps(model.thawed_paths), n=len(leaves),
+             **{f"leaf{i}": x for i, x in enumerate(leaves)})
+    os.replace(tmp, f"{path}.state.npz")
+
+
+def _load(path):
+    """((draws, stats), state leaves with a leading chain axis, paths) of a saved run."""
+    idata = _arviz.from_netcdf(path)
+    post = _arviz.get_group(idata, "posterior")
+    st = _arviz.get_group(idata, "sample_stats")
+    with np.load(f"{path}.state.npz") as f:
+        paths = json.loads(str(f["paths"]))
+        leaves = [f[f"leaf{i}"] for i in range(int(f["n"]))]
+    draws = np.stack([np.asarray(post[p].values) for p in paths], axis=-1)
+    stats = {k: np.asarray(st[k].values) for k in st.data_vars}
+    return (draws, stats), leaves, paths
+
+
+def _restore_state(template, leaves):
+    """The template state's structure with the saved leaves of one chain."""
+    tl, treedef = jax.tree_util.tree_flatten(template)
+    if len(tl) != len(leaves):
+        raise ValueError("resume: the saved sampler state does not match this sampler")
+    out = [jnp.asarray(v, dtype=t.dtype).reshape(jnp.shape(t)) for t, v in zip(tl, leaves)]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
