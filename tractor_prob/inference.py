@@ -273,19 +273,43 @@ class SampleResult:
                 f"{len(self.paths)} parameters, {div} divergences, {self.seconds:.2f} s")
 
 
-def _unconstrained_setup(model):
-    """(potential(z), z0, to_constrained(z), flat-order paths) for the model's latent sites."""
-    from numpyro.distributions.transforms import biject_to
-    from numpyro.infer.util import potential_energy
+class _Kernel:
+    """numpyro's functional NUTS/HMC (``numpyro.infer.hmc.hmc``) on a model structure: the
+    potential takes the parameter values and pixels as arguments, so the jitted chunk
+    runner compiles once per structure and serves every later sampling of a scene of the
+    same structure (new data, new values, other chains)."""
 
-    args = (jnp.asarray(model.theta0), model.data, model.weights)
-    transforms = {s.name: biject_to(s.dist.support) for s in model._sites}
+    def __init__(self, model, algo, num_warmup, chunk, vectorized):
+        from numpyro.distributions.transforms import biject_to
+        from numpyro.infer.hmc import hmc
+        from numpyro.infer.util import potential_energy
 
-    def potential(z):
-        return potential_energy(model, args, {}, z)
+        self.transforms = {s.name: biject_to(s.dist.support) for s in model._sites}
+        potential = jax.jit(lambda z, args: potential_energy(model, args, {}, z))
+        self.init, sample_kernel = hmc(
+            potential_fn_gen=lambda *args: (lambda z: potential(z, args)), algo=algo)
 
-    z0 = {k: transforms[k].inv(v) for k, v in model.site_values().items()}
-    return jax.jit(potential), z0, transforms
+        def run(state, args):
+            def body(s, _):
+                s = sample_kernel(s, model_args=args)
+                return s, (s.z, s.diverging, s.num_steps, s.accept_prob, s.potential_energy)
+
+            return jax.lax.scan(body, state, None, length=chunk)
+
+        self.run = jax.jit(jax.vmap(run, in_axes=(0, None)) if vectorized else run)
+
+
+_KERNELS: dict = {}
+
+
+def _kernel(model, algo, num_warmup, chunk, vectorized) -> _Kernel:
+    key = (model.structure_key(), algo, num_warmup, chunk, vectorized)
+    k = _KERNELS.get(key)
+    if k is None:
+        if len(_KERNELS) > 16:
+            _KERNELS.clear()
+        k = _KERNELS[key] = _Kernel(model, algo, num_warmup, chunk, vectorized)
+    return k
 
 
 def _inverse_mass(model, z0, transforms, cov_thawed):
@@ -343,8 +367,6 @@ def sample(tractor, num_warmup: int = 500, num_samples: int = 500, num_chains: i
     chunk : int
         Iterations per jitted call (and per save).
     """
-    from numpyro.infer import HMC, NUTS
-
     from .model import SceneModel
 
     t0 = time.perf_counter()
@@ -376,30 +398,25 @@ def sample(tractor, num_warmup: int = 500, num_samples: int = 500, num_chains: i
         num_warmup = 0
     map_result = fit_map(tractor) if init == "map" and resume is None else None
     model = SceneModel(tractor)
-    potential, z0, transforms = _unconstrained_setup(model)
-    kw = dict(potential_fn=potential, dense_mass=dense_mass,
-              target_accept_prob=target_accept_prob)
+    vectorized = chain_method == "vectorized" and num_chains > 1
+    kern = _kernel(model, kernel.upper(), num_warmup, chunk, vectorized)
+    transforms = kern.transforms
+    args = (jnp.asarray(model.theta0), model.data, model.weights)
+    z0 = {k: transforms[k].inv(v) for k, v in model.site_values().items()}
+    imm = None
     if map_result is not None and dense_mass:
-        kw["inverse_mass_matrix"] = _inverse_mass(model, z0, transforms, map_result.covariance)
-    sampler = NUTS(**kw) if kernel == "nuts" else HMC(**kw)
-
+        imm = _inverse_mass(model, z0, transforms, map_result.covariance)
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
     starts = [z0] if num_chains == 1 else _jitter(z0, num_chains, jax.random.PRNGKey(seed + 1))
-    states = [sampler.init(keys[c], num_warmup, starts[c]) for c in range(num_chains)]
+    states = [kern.init(starts[c], num_warmup, inverse_mass_matrix=imm, dense_mass=dense_mass,
+                        target_accept_prob=target_accept_prob, model_args=args,
+                        rng_key=keys[c]) for c in range(num_chains)]
     if saved_state is not None:
         states = [_restore_state(states[c], [leaf[c] for leaf in saved_state])
                   for c in range(num_chains)]
-
-    def run(state):
-        def body(s, _):
-            s = sampler.sample(s, (), {})
-            return s, (s.z, s.diverging, s.num_steps, s.accept_prob, s.potential_energy)
-
-        return jax.lax.scan(body, state, None, length=chunk)
-
-    run = jax.jit(jax.vmap(run) if chain_method == "vectorized" and num_chains > 1 else run)
-    if chain_method == "vectorized" and num_chains > 1:
+    if vectorized:
         states = [jax.tree_util.tree_map(lambda *x: jnp.stack(x), *states)]
+    run = kern.run
 
     draws, stats = ([done[0]], [done[1]]) if done is not None else ([], [])
     n_have = 0 if done is None else done[0].shape[1]
@@ -409,10 +426,10 @@ def sample(tractor, num_warmup: int = 500, num_samples: int = 500, num_chains: i
     while n_have < num_samples:
         outs = []
         for c, st in enumerate(states):
-            states[c], out = run(st)
+            states[c], out = run(st, args)
             outs.append(out)
         bar.update(chunk * num_chains)
-        outs = _stack_chains(outs, chain_method == "vectorized" and num_chains > 1)
+        outs = _stack_chains(outs, vectorized)
         first = max(0, num_warmup - it)  # this chunk's first post-warmup iteration
         keep = slice(first, min(chunk, first + num_samples - n_have))
         it += chunk
@@ -423,8 +440,7 @@ def sample(tractor, num_warmup: int = 500, num_samples: int = 500, num_chains: i
         stats.append(st)
         n_have += d.shape[1]
         if save is not None:
-            _save(save, draws, stats, states, chain_method == "vectorized" and num_chains > 1,
-                  tractor, model, map_result)
+            _save(save, draws, stats, states, vectorized, tractor, model, map_result)
     bar.close()
     all_draws = np.concatenate(draws, axis=1)
     all_stats = {k: np.concatenate([s[k] for s in stats], axis=1) for k in stats[0]}

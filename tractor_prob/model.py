@@ -130,6 +130,17 @@ class SceneModel:
         self._t_of = np.full(len(theta), -1, np.int64)
         self._t_of[T] = np.arange(len(T))
 
+    def structure_key(self):
+        """Hashable: equal for scenes whose models differ only in values and pixels (same
+        plan, thawed set, sites and priors), which can share compiled samplers."""
+        sites = []
+        for s in self._sites:
+            leaves, tree = jax.tree_util.tree_flatten(s.dist)
+            sites.append((s.name, s.idx.tobytes(), s.idx.shape, str(tree), str(s.dist.support),
+                          tuple(np.asarray(x).tobytes() for x in leaves)))
+        return (self.comp.plan, self.thawed.tobytes(), tuple(sites),
+                tuple((np.shape(d), str(d.dtype)) for d in self.data))
+
     # --- the model ---
     def __call__(self, values=None, data=None, weights=None):
         values = jnp.asarray(self.theta0 if values is None else values)
