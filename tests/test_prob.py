@@ -361,3 +361,25 @@ def test_sample_refuses_bad_requests():
     tr.freezeAllRecursive()
     with pytest.raises(ValueError, match="no thawed parameters"):
         tr.sample()
+
+
+def test_fit_map_names_degenerate_parameters():
+    """A PSF weight and the flux (NullPhotoCal) scale the model together: the covariance does
+    not exist and fit_map says which parameters are to blame."""
+    tr, _ = _star_tractor(seed=5)
+    tr.thawParam("images")
+    tr.freezeParam("image0.sky")
+    tr.freezeParam("image0.psf.sigmas")
+    with pytest.raises(ValueError, match="degenerate.*image0.psf.weights.param0.*"
+                                         "source0.brightness.Flux"):
+        tr.fit_map()
+
+
+def test_negative_psf_width_is_illegal():
+    tr, _ = _star_tractor()
+    tr.images[0].psf.sigmas.setParams([-0.5])
+    assert not tr.images[0].psf.isLegal()
+    assert tr.getLogProb() == -np.inf
+    assert tr.model().log_density() == -np.inf
+    with pytest.raises(ValueError, match="illegal"):
+        tr.optimize()

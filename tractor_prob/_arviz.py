@@ -162,7 +162,16 @@ def summary(idata, var_names=None, hdi_prob=0.94):
                 idata, var_names=var_names, ci_prob=hdi_prob, ci_kind="hdi", round_to="none"
             )
     else:
-        df = az.summary(idata, var_names=var_names, hdi_prob=hdi_prob, round_to="none")
+        import logging
+
+        # one chain: R-hat is undefined (NaN) and 0.23 logs a shape warning; say nothing
+        log = logging.getLogger("arviz")
+        level = log.level
+        log.setLevel(logging.ERROR)
+        try:
+            df = az.summary(idata, var_names=var_names, hdi_prob=hdi_prob, round_to="none")
+        finally:
+            log.setLevel(level)
     # 0.23 names the interval 'hdi_3%', 'hdi_97%'; 1.x 'hdi94_lb', 'hdi94_ub'.
     interval = [c for c in df.columns if c.startswith("hdi")]
     df = pd.DataFrame(df).rename(columns=dict(zip(interval, ["hdi_low", "hdi_high"])))

@@ -108,12 +108,26 @@ def covariance(tractor, priors: bool = True) -> np.ndarray:
         pri = fitter.prior_arrays([], np.zeros(0, bool))
     data, weights = tractor._pixels(fitter.c)
     A = np.asarray(fitter.system(theta, data, weights, pairs, pri)[0])
-    try:
-        return np.linalg.inv(A)
-    except np.linalg.LinAlgError:
+    d = np.sqrt(np.diag(A))
+    names = tractor.getParamNames()
+    if np.any(d <= 0):
+        bad = [n for n, v in zip(names, d) if v <= 0]
+        raise ValueError(f"the data do not constrain {bad}: freeze them or give them priors")
+    As = A / np.outer(d, d)  # Jacobi-scaled: eigenvalues compare parameters of any units
+    w, V = np.linalg.eigh(As)
+    if w[0] < DEGENERATE * w[-1]:
+        v = V[:, 0]
+        bad = [n for n, c in zip(names, v) if abs(c) > 0.2]
         raise ValueError(
-            "the normal matrix is singular at this point: some thawed parameter is not "
-            "constrained by the data (freeze it or give it a prior)") from None
+            f"degenerate parameters: the data constrain only a combination of {bad} "
+            f"(scaled normal matrix eigenvalue {w[0]:.2g}); freeze one of them or give "
+            "it a prior")
+    return np.linalg.inv(As) / np.outer(d, d)
+
+
+#: covariance(): a Jacobi-scaled normal matrix whose eigenvalues span more than 1/DEGENERATE
+#: is treated as singular (parameters the data cannot tell apart)
+DEGENERATE = 1e-10
 
 
 # --------------------------------------------------------------------------------------
@@ -130,7 +144,9 @@ class SampleResult:
         Thawed parameter values (``getParamNames()`` order).
     stats : dict
         Per-draw sampler statistics, each (chains, draws): ``diverging``,
-        ``tree_depth``, ``n_steps``, ``acceptance_rate``, ``lp`` (log density).
+        ``tree_depth``, ``n_steps`` (leapfrog steps), ``acceptance_rate``, ``energy``
+        (Hamiltonian, for E-BFMI) and ``lp``: the log density in the sampler's
+        unconstrained space (transform Jacobians included, so not getLogProb()).
     map : MapResult or None
         The MAP fit the chains started from (``init='map'``).
     seconds : float
@@ -292,7 +308,8 @@ class _Kernel:
         def run(state, args):
             def body(s, _):
                 s = sample_kernel(s, model_args=args)
-                return s, (s.z, s.diverging, s.num_steps, s.accept_prob, s.potential_energy)
+                return s, (s.z, s.diverging, s.num_steps, s.accept_prob, s.potential_energy,
+                       s.energy)
 
             return jax.lax.scan(body, state, None, length=chunk)
 
@@ -326,7 +343,7 @@ def _inverse_mass(model, z0, transforms, cov_thawed):
             theta = theta.at[s.idx].set(transforms[s.name](z[s.name]))
         return theta[np.flatnonzero(model.thawed)]
 
-    J = np.asarray(jax.jacfwd(thawed_of)(flat0))
+    J = np.asarray(jax.jit(jax.jacfwd(thawed_of))(flat0))
     Jinv = np.linalg.inv(J)
     M = Jinv @ cov_thawed @ Jinv.T
     return 0.5 * (M + M.T)
@@ -485,7 +502,7 @@ def _stack_chains(outs, vectorized):
 
 def _constrain(outs, keep, model, transforms):
     """(draws (chains, n, n_thawed), stats (chains, n)) from a chunk's outputs."""
-    z, diverging, n_steps, accept, pe = jax.tree_util.tree_map(
+    z, diverging, n_steps, accept, pe, energy = jax.tree_util.tree_map(
         lambda a: np.asarray(a)[:, keep], outs)
     cons = {k: np.asarray(transforms[k](jnp.asarray(v))) for k, v in z.items()}
     stats = {
@@ -494,6 +511,7 @@ def _constrain(outs, keep, model, transforms):
         "tree_depth": np.ceil(np.log2(np.asarray(n_steps) + 1)).astype(int),
         "acceptance_rate": np.asarray(accept),
         "lp": -np.asarray(pe),
+        "energy": np.asarray(energy),
     }
     return model.thawed_of(cons), stats
 

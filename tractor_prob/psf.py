@@ -215,6 +215,13 @@ class NCircularGaussianPSF(_MoGRadius, MultiParams):
             ", ".join("%g" % v for v in self.sigmas.vals),
             ", ".join("%g" % v for v in self.weights.vals))
 
+    def isLegal(self):
+        return min(self.sigmas.vals) > 0
+
+    @staticmethod
+    def _jax_legal(spec, vals):
+        return jnp.all(vals[: spec.children[0].size] > 0)
+
     def getMixtureOfGaussians(self):
         k = len(self.sigmas.vals)
         v = np.array(self.sigmas.vals) ** 2
