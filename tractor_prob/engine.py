@@ -287,8 +287,10 @@ class Tractor(MultiParams):
         if not damp >= 0:
             raise ValueError(f"optimize(): damp must be >= 0, got {damp}")
         data, weights = self._pixels(fitter.c)
-        theta_new, dlnp, X, alpha, _ = fitter.step(theta, data, weights, pairs, pri, alphas,
-                                                   float(damp))
+        theta_new, dlnp, X, alpha, lnp0, A = fitter.step(theta, data, weights, pairs, pri,
+                                                         alphas, float(damp))
+        # for fit_map: the normal matrix at the values before the step, the log-prob after
+        self.__dict__["_last_step"] = (A, float(lnp0) + float(dlnp))
         alpha = float(alpha)
         if alpha > 0:
             self.setAllParams(np.asarray(theta_new).tolist())
@@ -304,13 +306,13 @@ class Tractor(MultiParams):
 
         return SceneModel(self)
 
-    def fit_map(self, steps=100, tol=1e-6, alphas=None, damp=0.0, priors=True):
+    def fit_map(self, steps=100, tol=1e-6, damp=0.1, priors=True):
         """Optimize to the posterior mode and return a MapResult with the full covariance
         (``.covariance``, ``.stderr[path]``, ``.correlation``); values are written back.
         See tractor_prob.inference.fit_map."""
         from .inference import fit_map
 
-        return fit_map(self, steps=steps, tol=tol, alphas=alphas, damp=damp, priors=priors)
+        return fit_map(self, steps=steps, tol=tol, damp=damp, priors=priors)
 
     def sample(self, num_warmup=500, num_samples=500, num_chains=1, kernel="nuts", init="map",
                seed=0, progress_bar=True, chain_method="sequential", **kwargs):

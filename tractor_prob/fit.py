@@ -397,9 +397,10 @@ class Fitter:
         ``alphas``: step fractions tried in turn until one improves the
         log-probability; ``damp``: Levenberg-Marquardt damping added to the
         Jacobi-scaled normal matrix (0 = Gauss-Newton).
-        Returns (theta_new, dlnp, X, alpha, lnp0): X the full step on the
+        Returns (theta_new, dlnp, X, alpha, lnp0, A): X the full step on the
         thawed parameters, alpha the fraction taken (0 and theta unchanged if
-        no fraction improved the log-probability).
+        no fraction improved the log-probability), A the undamped normal matrix
+        at theta (J^T W J + prior curvature: the inverse covariance).
 
         The system, its solution and the first fraction are one jitted call; the other
         fractions (rarely needed) a second one, compiled only when first needed.
@@ -408,7 +409,7 @@ class Fitter:
         if len(alphas) > 1 and not float(out[3]) > 0:
             theta_new, dlnp, alpha = self._search(theta, data, weights, pri, alphas[1:],
                                                   out[2], out[4])
-            out = (theta_new, dlnp, out[2], alpha, out[4])
+            out = (theta_new, dlnp, out[2], alpha, out[4], out[5])
         return out
 
     def _step_first(self, theta, data, weights, pairs, pri, alphas, damp):
@@ -420,7 +421,7 @@ class Fitter:
         improved = lnp1 > lnp0
         alpha = jnp.where(improved, alphas[0], 0.0)
         theta_new = theta.at[T].add(alpha * X)
-        return theta_new, jnp.where(improved, lnp1 - lnp0, 0.0), X, alpha, lnp0
+        return theta_new, jnp.where(improved, lnp1 - lnp0, 0.0), X, alpha, lnp0, A
 
     def _step_search(self, theta, data, weights, pri, alphas, X, lnp0):
         """The line search over the other fractions: (theta_new, dlnp, alpha)."""

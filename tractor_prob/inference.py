@@ -52,7 +52,7 @@ class MapResult:
         The last step improved the log-probability by less than ``tol``.
     n_steps : int
     log_prob : float
-        ``Tractor.getLogProb()`` at the optimum.
+        ``Tractor.getLogProb()`` at the optimum (``priors=False``: without the priors).
     """
 
     def __init__(self, paths, values, covariance, converged, n_steps, log_prob):
@@ -77,39 +77,62 @@ class MapResult:
         return "\n".join(lines)
 
 
-def fit_map(tractor, steps: int = 100, tol: float = 1e-6, alphas=None, damp: float = 0.0,
+def fit_map(tractor, steps: int = 100, tol: float = 1e-6, damp: float = 0.1,
             priors: bool = True) -> MapResult:
     """Optimize the thawed parameters to the posterior mode; full covariance at the end.
+
+    Levenberg-Marquardt on the ``Tractor.optimize()`` machinery: each step solves the
+    normal equations with damping ``lam`` (added to the Jacobi-scaled diagonal) and takes
+    the full step if it improves the log-probability (then ``lam /= 10``), else retries
+    with ``lam *= 10``.  Damping keeps the first steps from a poor start from overshooting
+    (e.g. a Sersic index jumping across its range).
 
     Parameters
     ----------
     steps : int
-        Most linearized steps (each one ``Tractor.optimize()`` step).
+        Most linearized steps (tried steps, accepted or not).
     tol : float
-        Converged when a step improves the log-probability by less than this.
-    alphas, damp, priors
-        As in ``Tractor.optimize()``.
+        Converged when an accepted step improves the log-probability by less than this,
+        or when no damping finds an improvement (at the optimum, to rounding).
+    damp : float
+        Initial damping (0: start as plain Gauss-Newton).
+    priors : bool
+        Include the priors (as ``optimize(priors=...)``).
     """
-    converged, n = False, 0
+    if tractor.numberOfParams() == 0:
+        raise ValueError("fit_map(): no thawed parameters")
+    converged, n, lam = False, 0, float(damp)
     for n in range(1, steps + 1):
-        dlnp, _, alpha = tractor.optimize(alphas=alphas, damp=damp, priors=priors)
-        if dlnp < tol:
-            converged = True
-            break
-    cov = covariance(tractor, priors=priors)
-    return MapResult(tractor.getParamNames(), tractor.getParams(), cov, converged, n,
-                     tractor.getLogProb())
+        dlnp, _, alpha = tractor.optimize(alphas=[1.0], damp=lam, priors=priors)
+        if alpha > 0:
+            lam = lam / 10.0 if lam > 1e-9 else 0.0
+            if dlnp < tol:
+                converged = True
+                break
+        else:
+            lam = max(lam * 10.0, 1e-6)
+            if lam > 1e6:  # no step of any length improves: at the optimum
+                converged = True
+                break
+    # the last step's normal matrix: at the values before that step, which moved them by
+    # less than tol in log-probability (or not at all)
+    A, lnp = tractor.__dict__["_last_step"]
+    cov = covariance(tractor, priors=priors, A=A)
+    return MapResult(tractor.getParamNames(), tractor.getParams(), cov, converged, n, lnp)
 
 
-def covariance(tractor, priors: bool = True) -> np.ndarray:
-    """(n, n) inverse of J^T W J + prior curvature at the current thawed values."""
-    fitter, theta, pairs, pri = tractor._fit_inputs()
-    if not priors:
-        pri = fitter.prior_arrays([], np.zeros(0, bool))
-    data, weights = tractor._pixels(fitter.c)
-    A = np.asarray(fitter.system(theta, data, weights, pairs, pri)[0])
-    d = np.sqrt(np.diag(A))
+def covariance(tractor, priors: bool = True, A=None) -> np.ndarray:
+    """(n, n) inverse of J^T W J + prior curvature at the current thawed values (``A``: that
+    matrix if already computed, e.g. by the last optimize() step)."""
     names = tractor.getParamNames()
+    if A is None:
+        fitter, theta, pairs, pri = tractor._fit_inputs()
+        if not priors:
+            pri = fitter.prior_arrays([], np.zeros(0, bool))
+        data, weights = tractor._pixels(fitter.c)
+        A = fitter.system(theta, data, weights, pairs, pri)[0]
+    A = np.asarray(A)
+    d = np.sqrt(np.diag(A))
     if np.any(d <= 0):
         bad = [n for n, v in zip(names, d) if v <= 0]
         raise ValueError(f"the data do not constrain {bad}: freeze them or give them priors")
