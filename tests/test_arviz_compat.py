@@ -128,11 +128,12 @@ def test_concat_draws(idata):
 def test_plot_trace(idata, tmp_path):
     import matplotlib.pyplot as plt
 
+    before = set(plt.get_fignums())
     path = tmp_path / "trace.png"
     assert _arviz.plot_trace(idata, NAMES + ["source0.flux"], path) == path
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 1000
-    assert not plt.get_fignums()
+    assert set(plt.get_fignums()) == before  # its figure is closed
 
 
 def test_to_netcdf_failure_keeps_old_file(idata, tmp_path):

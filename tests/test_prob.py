@@ -328,6 +328,9 @@ def test_sample_result_api_and_arviz_output(tmp_path):
         res.std()["source0.brightness.Flux"], rel=1e-6)
     fig = res.corner(truths={"source0.pos.x": truth["x"]})
     assert len(fig.axes) == 9
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
     imgs = res.model_images(n=10, noise=True)
     assert imgs[0].shape == (10, 25, 25)
     res.write_back("median")

@@ -101,6 +101,9 @@ class Plan(NamedTuple):
 
 #: a stamp radius is kept while the wanted radius stays above this fraction of it
 STAMP_SHRINK = 0.7
+#: a render unit keeps its last stamp size and step while the values of its image and
+#: sources are within these tolerances of the ones it was sized for (numpy.allclose)
+SIZING_RTOL, SIZING_ATOL = 1e-3, 1e-4
 #: a render unit's coarse-grid step only grows when the coarser step's estimated
 #: interpolation chi^2 is below this fraction of psf.INTERP_CHI2 (it shrinks as soon as
 #: the current step's estimate exceeds INTERP_CHI2)
@@ -170,6 +173,8 @@ def compile_tractor(tractor):
     # stamp radii only shrink when they fall well below what was used before: a
     # fit moving a radius back and forth across a rounding step must not retrace
     memo = tractor.__dict__.setdefault("_stamp_memo", {})
+    sized = tractor.__dict__.setdefault("_sizing_memo", {})
+    vals = np.asarray(values, dtype=np.float64)
     image_groups: dict = {}
     for i, (spec, off, img) in enumerate(img_specs):
         H, W = img.shape
@@ -177,12 +182,22 @@ def compile_tractor(tractor):
         counts_of, cache = {}, {}
         for g, p in units:
             gp = group_plans[g]
+            key = (i, gp.spec, gp.parts[p])
+            # sizes depend smoothly on the values: a fit's small steps reuse the last sizing
+            inputs = np.concatenate([vals[off : off + spec.size],
+                                     vals[np.asarray(gp.idx, dtype=np.int64).ravel()]])
+            skey = key + (id(img), img.__dict__.get("_version"), gp.members)
+            last = sized.get(skey)
+            if last is not None and last[0].shape == inputs.shape and np.allclose(
+                    inputs, last[0], rtol=SIZING_RTOL, atol=SIZING_ATOL):
+                stamps.append(last[1])
+                steps.append(last[2])
+                continue
             srcs = [catalog.subs[j] for j in gp.members]
             if g not in counts_of:
                 counts_of[g] = max(abs(s._stamp_counts(img)) for s in srcs)
             counts = counts_of[g]
             r, b, loose = _unit_sizes(img, srcs, counts, gp.parts[p], cache)
-            key = (i, gp.spec, gp.parts[p])
             r_old = memo.get(key, 0.0)
             if r_old * STAMP_SHRINK <= r < r_old:
                 r = r_old
@@ -193,6 +208,7 @@ def compile_tractor(tractor):
                 b = max(b_old, loose())
             memo[key + ("step",)] = b
             steps.append(b)
+            sized[skey] = (inputs, stamps[-1], b)
         key = (spec, (H, W), tuple(stamps), tuple(steps))
         members = image_groups.setdefault(key, ([], []))
         members[0].append(i)
