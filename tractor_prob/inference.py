@@ -223,9 +223,11 @@ class SampleResult:
         if log_likelihood:
             models = self.model_images()
             C, D = self.draws.shape[:2]
+            data = self.model.comp.split(self.model.data)  # masked pixels: weight 0
+            weights = self.model.comp.split(self.model.weights)
             ll = {}
-            for i, im in enumerate(self.tractor.images.subs):
-                chi = (np.asarray(im.data) - models[i]) * np.sqrt(np.asarray(im.invvar))
+            for i in range(len(models)):
+                chi = (data[i] - models[i]) * weights[i]
                 ll[f"image{i}"] = (-0.5 * chi * chi).reshape((C, D) + chi.shape[1:])
         return _arviz.make_idata(post, sample_stats=dict(self.stats),
                                  observed_data=obs if observed or log_likelihood else None,
@@ -271,17 +273,12 @@ class SampleResult:
         on = jnp.ones(comp.plan.n_src)
         render = jax.jit(jax.vmap(lambda th: comp._render(th, on, 1.0)))
         per_group = render(thetas)
-        out = [None] * comp.plan.n_images
-        rng = np.random.default_rng(seed)
-        for ip, arr in zip(comp.plan.images, per_group):
-            arr = np.asarray(arr)
-            for k, i in enumerate(ip.members):
-                m = arr[:, k]
-                if noise:
-                    iv = np.asarray(self.tractor.images.subs[i].invvar)
-                    sd = np.where(iv > 0, 1.0 / np.sqrt(np.where(iv > 0, iv, 1.0)), 0.0)
-                    m = m + rng.normal(size=m.shape) * sd
-                out[i] = m
+        out = comp.split(tuple(np.moveaxis(np.asarray(a), 0, 1) for a in per_group))
+        if noise:  # masked pixels (weight 0) get none
+            rng = np.random.default_rng(seed)
+            for i, w in enumerate(comp.split(self.model.weights)):
+                sd = np.where(w > 0, 1.0 / np.where(w > 0, w, 1.0), 0.0)
+                out[i] = out[i] + rng.normal(size=out[i].shape) * sd
         return out
 
     def corner(self, var_names=None, truths=None, **kwargs):
