@@ -4,12 +4,36 @@
 positions, brightnesses, calibrations, sources, Image, Tractor).
 
 Importing the package turns on JAX double precision (``jax_enable_x64``):
-RA/Dec and the likelihood of bright sources need float64.
+RA/Dec and the likelihood of bright sources need float64.  It also turns on JAX's
+persistent compilation cache, unless the process has chosen a cache directory
+already: compiled render, fit and sampler programs are kept on disk (default
+``~/.cache/tractor_prob/jax``; ``TRACTOR_PROB_JAX_CACHE=<dir>`` to move it, ``=0``
+to disable), so a new process fitting scenes of a known structure skips most of
+the compilation (seconds per source kind and stamp size).
 """
+
+import os as _os
 
 import jax as _jax
 
 _jax.config.update("jax_enable_x64", True)
+
+
+def _enable_compilation_cache():
+    where = _os.environ.get("TRACTOR_PROB_JAX_CACHE")
+    if where == "0" or _jax.config.jax_compilation_cache_dir:
+        return
+    if not where:
+        where = _os.path.join(_os.path.expanduser("~"), ".cache", "tractor_prob", "jax")
+    try:
+        _os.makedirs(where, exist_ok=True)
+    except OSError:  # read-only home: no cache, no harm
+        return
+    _jax.config.update("jax_compilation_cache_dir", where)
+    _jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+_enable_compilation_cache()
 
 from .brightness import Flux, Fluxes, Mag, Mags, NanoMaggies  # noqa: E402
 from .engine import Tractor  # noqa: E402

@@ -335,6 +335,20 @@ class _Kernel:
 
         self.run = jax.jit(jax.vmap(run, in_axes=(0, None)) if vectorized else run)
 
+        from jax.flatten_util import ravel_pytree
+
+        _, unravel = ravel_pytree({s.name: jnp.zeros(s.idx.shape) for s in model._sites})
+        thawed_idx = np.flatnonzero(model.thawed)
+
+        def thawed_of(flat, theta0):  # constrained thawed values from a flat unconstrained z
+            z = unravel(flat)
+            theta = theta0
+            for s in model._sites:
+                theta = theta.at[s.idx].set(self.transforms[s.name](z[s.name]))
+            return theta[thawed_idx]
+
+        self.jacobian = jax.jit(jax.jacfwd(thawed_of))
+
 
 _KERNELS: dict = {}
 
@@ -349,21 +363,12 @@ def _kernel(model, algo, num_warmup, chunk, vectorized) -> _Kernel:
     return k
 
 
-def _inverse_mass(model, z0, transforms, cov_thawed):
+def _inverse_mass(kern, model, z0, cov_thawed):
     """Dense inverse mass matrix in the sampler's flat unconstrained order from the MAP
     covariance: Jinv C Jinv^T with J = d(constrained thawed)/d(unconstrained)."""
     from jax.flatten_util import ravel_pytree
 
-    flat0, unravel = ravel_pytree(z0)
-
-    def thawed_of(flat):
-        z = unravel(flat)
-        theta = jnp.asarray(model.theta0)
-        for s in model._sites:
-            theta = theta.at[s.idx].set(transforms[s.name](z[s.name]))
-        return theta[np.flatnonzero(model.thawed)]
-
-    J = np.asarray(jax.jit(jax.jacfwd(thawed_of))(flat0))
+    J = np.asarray(kern.jacobian(ravel_pytree(z0)[0], jnp.asarray(model.theta0)))
     Jinv = np.linalg.inv(J)
     M = Jinv @ cov_thawed @ Jinv.T
     return 0.5 * (M + M.T)
@@ -442,7 +447,7 @@ def sample(tractor, num_warmup: int = 500, num_samples: int = 500, num_chains: i
     z0 = {k: transforms[k].inv(v) for k, v in model.site_values().items()}
     imm = None
     if map_result is not None and dense_mass:
-        imm = _inverse_mass(model, z0, transforms, map_result.covariance)
+        imm = _inverse_mass(kern, model, z0, map_result.covariance)
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
     starts = [z0] if num_chains == 1 else _jitter(z0, num_chains, jax.random.PRNGKey(seed + 1))
     states = [kern.init(starts[c], num_warmup, inverse_mass_matrix=imm, dense_mass=dense_mass,
