@@ -838,7 +838,8 @@ def _cached_lines(C):
                  f"(target >= {TARGETS['nuts_min_ess_per_s']:.0f}).")
     if L:
         L = ["", "With the package's persistent compilation cache (on by default) populated by "
-             "the runs above, a new process compiles little:", ""] + L + [""]
+             "the runs above, a new process skips XLA compilation of the programs seen before "
+             "(tracing and lowering still run):", ""] + L + [""]
     return L
 
 
