@@ -28,7 +28,6 @@ from tractor_prob import (
 )
 from tractor_prob import _arviz
 from tractor_prob.ellipses import EllipseE
-from tractor_prob.galaxy import ExpGalaxy
 from tractor_prob.priors import UnitDiskTransform, unit_disk
 from tractor_prob.sersic import SersicGalaxy
 

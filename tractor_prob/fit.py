@@ -11,9 +11,9 @@ sources of a kind), and the normal matrix J^T W J is assembled from
 - dense columns only for thawed image calibration parameters (sky, PSF, WCS),
   which touch every pixel, and their cross terms with the stamps.
 
-Gaussian priors add their own residuals; other priors (any numpyro
-distribution, batched by family) add their gradient and curvature.  ``Fitter.step`` runs one complete
-step (system, solve, line search over alpha) inside one jitted call.
+Gaussian priors add their own residuals; other priors (any numpyro distribution,
+batched by family) add their gradient and curvature.  ``Fitter.step`` runs one
+complete step (system, solve, line search over alpha) inside one jitted call.
 """
 
 from __future__ import annotations

@@ -551,7 +551,8 @@ def _save(path, draws, stats, states, vectorized, tractor, model, map_result):
     if vectorized:
         leaves = [np.asarray(x) for x in per_chain[0]]
     else:
-        leaves = [np.stack([np.asarray(ch[i]) for ch in per_chain]) for i in range(len(per_chain[0]))]
+        leaves = [np.stack([np.asarray(ch[i]) for ch in per_chain])
+                  for i in range(len(per_chain[0]))]
     tmp = f"{path}.state.tmp.npz"
     np.savez(tmp, paths=json.dumps(model.thawed_paths), n=len(leaves),
              **{f"leaf{i}": x for i, x in enumerate(leaves)})
