@@ -126,9 +126,6 @@ class SceneModel:
         self.paths = {s.name: [tuple(all_paths[k] for k in row) if np.ndim(row) else all_paths[row]
                                for row in s.idx] for s in sites}
         self.frozen_idx = np.flatnonzero(~self.thawed).astype(np.int32)
-        # thawed position of every theta index (for covariance and flat vectors)
-        self._t_of = np.full(len(theta), -1, np.int64)
-        self._t_of[T] = np.arange(len(T))
 
     def structure_key(self):
         """Hashable: equal for scenes whose models differ only in values and pixels (same
