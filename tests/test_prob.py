@@ -153,6 +153,24 @@ def test_model_sites_are_grouped_and_named_by_path():
     assert "image0.psf.sigmas.param0" in m2.paths["thawed.positive"]
 
 
+def test_model_works_when_arviz_was_imported_first():
+    """ArviZ 1.x imports numpyro lazily; the model must still trace (numpyro.factor)."""
+    import subprocess
+    import sys
+
+    code = ("import arviz\n"
+            "import numpy as np\n"
+            "from tractor_prob import *\n"
+            "img = Image(data=np.zeros((9, 9)), invvar=np.ones((9, 9)),\n"
+            "            psf=NCircularGaussianPSF([1.0], [1.0]))\n"
+            "tr = Tractor([img], [PointSource(PixPos(4.0, 4.0), Flux(5.0))])\n"
+            "tr.freezeParam('images')\n"
+            "print(tr.model().log_density() - tr.getLogProb())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert abs(float(out.stdout.split()[-1])) < 1e-9
+
+
 def test_partly_frozen_group_has_a_latent_of_only_its_thawed_entries():
     """Three stars, the middle one's x frozen: the real-valued site holds 5 positions, not 6
     (no obs_mask and no unconstrained full-length latent)."""

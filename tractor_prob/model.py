@@ -31,7 +31,7 @@ import numpyro
 from numpyro import handlers
 from numpyro.distributions import Distribution, ImproperUniform, constraints
 
-from .priors import constraint_of, group_priors, support_label
+from .priors import constraint_of, group_priors, repair_numpyro_modules, support_label
 
 __all__ = ["SceneModel", "PixelGaussian"]
 
@@ -82,6 +82,7 @@ class SceneModel:
     """
 
     def __init__(self, tractor):
+        repair_numpyro_modules()
         comp, theta, thawed, priors = tractor._compile()
         self.comp = comp
         self.theta0 = np.asarray(theta, float)

@@ -49,11 +49,33 @@ transform (``HalfNormal`` samples the flux through a log).
 from __future__ import annotations
 
 import math
+import sys
 
 import jax.numpy as jnp
 import numpy as np
 from numpyro.distributions import Distribution, ImproperUniform, Normal, constraints
 from numpyro.distributions.transforms import Transform, biject_to
+
+
+def repair_numpyro_modules() -> None:
+    """Re-attach numpyro's loaded submodules to their packages where missing.
+
+    ArviZ 1.x registers numpyro with ``importlib.util.LazyLoader`` when ArviZ is
+    imported first; numpyro's submodules then load without being set as attributes
+    of their packages, and numpyro itself fails (``numpyro.factor`` reads
+    ``numpyro.distributions.distribution.Unit``).  Cheap; called on import and by
+    the model builder.
+    """
+    for name, mod in list(sys.modules.items()):
+        if mod is None or not name.startswith("numpyro."):
+            continue
+        parent, _, child = name.rpartition(".")
+        pkg = sys.modules.get(parent)
+        if pkg is not None and not hasattr(pkg, child):
+            setattr(pkg, child, mod)
+
+
+repair_numpyro_modules()
 
 __all__ = ["unit_disk", "UnitDiskTransform", "as_prior", "log_prob", "constraint_of",
            "support_label"]
