@@ -271,6 +271,11 @@ class Tractor(MultiParams):
         full step X (one entry per thawed parameter) and the fraction alpha of
         it that was taken (0 and no change if no fraction improved).
         """
+        return self._step(alphas, damp, priors)[:3]
+
+    def _step(self, alphas=None, damp=0.0, priors=True):
+        """optimize(), also returning (A, lnp): the undamped normal matrix at the values
+        before the step and the log-probability after it (for fit_map)."""
         bad = self._illegal_objects()
         if bad:
             raise ValueError(
@@ -278,7 +283,7 @@ class Tractor(MultiParams):
                 + "; ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
         fitter, theta, pairs, pri = self._fit_inputs()
         if fitter.nt == 0:
-            return 0.0, np.zeros(0), 0.0
+            return 0.0, np.zeros(0), 0.0, np.zeros((0, 0)), self.getLogProb()
         if not priors:
             pri = fitter.prior_arrays([], None)
         alphas = np.asarray(ALPHAS if alphas is None else alphas, dtype=float)
@@ -289,12 +294,10 @@ class Tractor(MultiParams):
         data, weights = self._pixels(fitter.c)
         theta_new, dlnp, X, alpha, lnp0, A = fitter.step(theta, data, weights, pairs, pri,
                                                          alphas, float(damp))
-        # for fit_map: the normal matrix at the values before the step, the log-prob after
-        self.__dict__["_last_step"] = (A, float(lnp0) + float(dlnp))
         alpha = float(alpha)
         if alpha > 0:
             self.setAllParams(np.asarray(theta_new).tolist())
-        return float(dlnp), np.asarray(X), alpha
+        return float(dlnp), np.asarray(X), alpha, A, float(lnp0) + float(dlnp)
 
     # --- the probabilistic program ---
     def model(self):

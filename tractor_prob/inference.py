@@ -103,7 +103,7 @@ def fit_map(tractor, steps: int = 100, tol: float = 1e-6, damp: float = 0.1,
         raise ValueError("fit_map(): no thawed parameters")
     converged, n, lam = False, 0, float(damp)
     for n in range(1, steps + 1):
-        dlnp, _, alpha = tractor.optimize(alphas=[1.0], damp=lam, priors=priors)
+        dlnp, _, alpha, A, lnp = tractor._step(alphas=[1.0], damp=lam, priors=priors)
         if alpha > 0:
             lam = lam / 10.0 if lam > 1e-9 else 0.0
             if dlnp < tol:
@@ -116,7 +116,6 @@ def fit_map(tractor, steps: int = 100, tol: float = 1e-6, damp: float = 0.1,
                 break
     # the last step's normal matrix: at the values before that step, which moved them by
     # less than tol in log-probability (or not at all)
-    A, lnp = tractor.__dict__["_last_step"]
     cov = covariance(tractor, priors=priors, A=A)
     return MapResult(tractor.getParamNames(), tractor.getParams(), cov, converged, n, lnp)
 
@@ -269,10 +268,7 @@ class SampleResult:
         the model at ``n`` random draws (all draws if None), with pixel noise drawn from
         the images' inverse variances if ``noise``."""
         comp = self.model.comp
-        thetas = jnp.asarray(self._thetas(n, seed))
-        on = jnp.ones(comp.plan.n_src)
-        render = jax.jit(jax.vmap(lambda th: comp._render(th, on, 1.0)))
-        per_group = render(thetas)
+        per_group = comp.render_batch(jnp.asarray(self._thetas(n, seed)))
         out = comp.split(tuple(np.moveaxis(np.asarray(a), 0, 1) for a in per_group))
         if noise:  # masked pixels (weight 0) get none
             rng = np.random.default_rng(seed)
@@ -342,10 +338,8 @@ class _Kernel:
 
         def thawed_of(flat, theta0):  # constrained thawed values from a flat unconstrained z
             z = unravel(flat)
-            theta = theta0
-            for s in model._sites:
-                theta = theta.at[s.idx].set(self.transforms[s.name](z[s.name]))
-            return theta[thawed_idx]
+            return model.fill(theta0, {k: self.transforms[k](v) for k, v in z.items()})[
+                thawed_idx]
 
         self.jacobian = jax.jit(jax.jacfwd(thawed_of))
 

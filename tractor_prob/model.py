@@ -150,10 +150,7 @@ class SceneModel:
                     handlers.mask(mask=False):
                 numpyro.sample("frozen",
                                ImproperUniform(constraints.real, (), (len(self.frozen_idx),)))
-        theta = values
-        for s in self._sites:
-            v = numpyro.sample(s.name, s.dist)
-            theta = theta.at[s.idx].set(v)
+        theta = self.fill(values, {s.name: numpyro.sample(s.name, s.dist) for s in self._sites})
         numpyro.factor("legal", jnp.where(comp.legal(theta), 0.0, -jnp.inf))
         models = comp.render(theta, jnp.ones(comp.plan.n_src, theta.dtype), 1.0)
         for k, (m, d, w) in enumerate(zip(models, data, weights)):
@@ -165,15 +162,19 @@ class SceneModel:
         theta = self.theta0 if theta is None else np.asarray(theta)
         return {s.name: jnp.asarray(theta[s.idx]) for s in self._sites}
 
+    def fill(self, theta, site_values: dict):
+        """``theta`` (..., n_theta) with every latent site's (constrained) values put in
+        place; site values carry the same leading axes.  JAX arrays in and out."""
+        for s in self._sites:
+            theta = theta.at[..., s.idx].set(site_values[s.name])
+        return theta
+
     def theta_of(self, samples: dict, base=None) -> np.ndarray:
         """Full parameter vectors (..., n_theta) from site samples of any leading shape."""
         base = self.theta0 if base is None else np.asarray(base)
         lead = np.shape(samples[self._sites[0].name])[: -self._sites[0].idx.ndim] \
             if self._sites else ()
-        out = np.broadcast_to(base, lead + base.shape).copy()
-        for s in self._sites:
-            out[..., s.idx] = np.asarray(samples[s.name])
-        return out
+        return np.asarray(self.fill(jnp.broadcast_to(base, lead + base.shape), samples))
 
     def thawed_of(self, samples: dict) -> np.ndarray:
         """Thawed parameters (..., n_thawed), getParamNames() order, from site samples."""

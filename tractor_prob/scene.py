@@ -253,6 +253,9 @@ class Compiled:
     def __init__(self, plan: Plan):
         self.plan = plan
         self.render = jax.jit(self._render)
+        #: render(theta) for a batch of parameter vectors (n, n_theta), all sources and sky
+        self.render_batch = jax.jit(jax.vmap(
+            lambda th: self._render(th, jnp.ones(plan.n_src, th.dtype), 1.0)))
         self.loglik = jax.jit(self._loglik)
         self.chis = jax.jit(self._chis)
         self.origins = jax.jit(self._origins)
