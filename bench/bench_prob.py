@@ -201,9 +201,6 @@ def split_rhat_ess(samples):
 def case_map(args):
     clock = CompileClock()
     t_import = time.perf_counter() - T_START
-    from tractor_prob.engine import jax_to_numpy
-    from tractor_prob.fit import ALPHAS, build_pairs, get_fitter
-
     arrays, truth = load_A()
     tractor = make_tractor_A(arrays)
     p0 = tractor.getParams()
@@ -249,59 +246,47 @@ def case_map(args):
     ref.fit_map()
     out["log_prob_from_truth"] = ref.getLogProb()
 
-    # --- warm breakdown of the real fit_map(): its optimize() calls (timed by wrapping the
-    # Tractor's optimize) and its covariance() call (by wrapping inference.covariance); the
-    # rest is fit_map's own work (result, names) ---
+    # --- warm breakdown of the real fit_map(): its one-program loop (Tractor._lm_loop) or,
+    # for scenes whose plan can change, its optimize() steps (Tractor._step), and its
+    # covariance() call, each timed by wrapping; the rest is fit_map's own work ---
     from tractor_prob import inference
 
-    calls, cov_t = [], []
-    orig_opt, orig_cov = tractor._step, inference.covariance  # _step: optimize()'s body
+    timed = collections.defaultdict(list)
+    orig = dict(_step=tractor._step, _lm_loop=tractor._lm_loop)
+    orig_cov = inference.covariance
 
-    def opt(*a, **k):
-        t0 = time.perf_counter()
-        r = orig_opt(*a, **k)
-        calls[-1].append((time.perf_counter() - t0, r[2] > 0, a, k))
-        return r
+    def wrap(name, fn):
+        def f(*a, **k):
+            t0 = time.perf_counter()
+            r = fn(*a, **k)
+            timed[name][-1].append(time.perf_counter() - t0)
+            return r
+        return f
 
-    def cov(*a, **k):
-        t0 = time.perf_counter()
-        r = orig_cov(*a, **k)
-        cov_t[-1] += time.perf_counter() - t0
-        return r
-
-    tractor.__dict__["_step"] = opt
-    inference.covariance = cov
+    for name, fn in orig.items():
+        tractor.__dict__[name] = wrap(name, fn)
+    inference.covariance = wrap("covariance", orig_cov)
     t_tot = []
     try:
         for _ in range(args.nrep):
             reset()
-            calls.append([])
-            cov_t.append(0.0)
+            for name in ("_step", "_lm_loop", "covariance"):
+                timed[name].append([])
             t0 = time.perf_counter()
-            tractor.fit_map()
+            r = tractor.fit_map()
             t_tot.append(time.perf_counter() - t0)
     finally:
-        del tractor.__dict__["_step"]
+        for name in orig:
+            del tractor.__dict__[name]
         inference.covariance = orig_cov
-    per_call = [c[0] for run in calls for c in run]
-    rest = [t - sum(c[0] for c in run) - cv for t, run, cv in zip(t_tot, calls, cov_t)]
-    loop = dict(total_s=med(t_tot), n_optimize_calls=len(calls[-1]),
-                n_accepted=int(sum(c[1] for c in calls[-1])),
-                optimize_call_s=med(per_call), optimize_first_call_s=med([r[0][0] for r in calls]),
-                optimize_calls_sum_s=med([sum(c[0] for c in run) for run in calls]),
-                covariance_s=med(cov_t), rest_of_fit_map_s=med(rest),
-                optimize_kwargs=[{k: (list(v) if isinstance(v, (list, tuple)) else v)
-                                  for k, v in c[3].items()} for c in calls[-1]])
+    sums = {name: [sum(run) for run in timed[name]] for name in timed}
+    rest = [t - sum(sums[n][i] for n in sums) for i, t in enumerate(t_tot)]
+    loop = dict(total_s=med(t_tot), n_steps=r.n_steps, one_program=bool(timed["_lm_loop"][-1]),
+                lm_loop_s=med(sums["_lm_loop"]), n_optimize_calls=len(timed["_step"][-1]),
+                optimize_calls_sum_s=med(sums["_step"]), covariance_s=med(sums["covariance"]),
+                rest_of_fit_map_s=med(rest))
 
-    # inside one optimize(): the calls engine.Tractor.optimize makes, each timed alone, in
-    # turn, from each point of the fit's path (the parameter values change between steps, as
-    # in the real loop: caches keyed on values miss), with fit_map's arguments
-    path, kws = [], []
-    reset()
-    for c in calls[-1]:
-        path.append(tractor.getParams())
-        kws.append(c[3])
-        tractor.optimize(*c[2], **c[3])
+    # inside the one-program fit: its host-side inputs and the jitted loop, each timed alone
     acc = collections.defaultdict(list)
 
     def tick(name, t0):
@@ -310,48 +295,25 @@ def case_map(args):
         return t1
 
     for _ in range(max(4, args.nrep)):
-        for p, kw in zip(path, kws):
-            alphas = np.asarray(kw.get("alphas") or ALPHAS, dtype=float)
-            damp = float(kw.get("damp", 0.0))
-            tractor.setParams(p)
-            t = time.perf_counter()
-            tractor._illegal_objects()
-            t = tick("illegal_objects_s", t)
-            comp, theta, thawed, priors = tractor._compile()
-            t = tick("compile_tractor_s", t)
-            fitter = get_fitter(comp, thawed)
-            t = tick("get_fitter_s", t)
-            origins = jax_to_numpy(comp.origins(theta))
-            t = tick("origins_s", t)
-            tractor._check_on_images(comp.plan, origins, fitter.source_free)
-            t = tick("check_on_images_s", t)
-            pairs = build_pairs(comp.plan, origins, fitter.source_free)
-            t = tick("build_pairs_s", t)
-            pri = fitter.prior_arrays(priors, thawed)
-            t = tick("prior_arrays_s", t)
-            data, weights = tractor._pixels(fitter.c)
-            t = tick("pixels_s", t)
-            out_step = fitter.step(theta, data, weights, pairs, pri, alphas, damp)
-            theta_new, dlnp, X, alpha = out_step[:4]  # (more outputs in newer versions)
-            float(alpha), float(dlnp), np.asarray(X)
-            t = tick("jitted_step_s", t)
-            tractor.setAllParams(np.asarray(theta_new).tolist())
-            t = tick("setAllParams_s", t)
-    for _ in range(max(4, args.nrep)):  # optimize() whole, from each point of the path in turn
-        for p, kw in zip(path, kws):
-            tractor.setParams(p)
-            t = time.perf_counter()
-            tractor.optimize(**kw)
-            tick("optimize_total_s", t)
+        reset()
+        t = time.perf_counter()
+        tractor._require_legal()
+        t = tick("illegal_objects_s", t)
+        fitter, theta, pairs, pri = tractor._fit_inputs()
+        t = tick("fit_inputs_s", t)  # plan (stamp sizing), origins, pairs, priors
+        data, weights = tractor._pixels(fitter.c)
+        t = tick("pixels_s", t)
+        if fitter.static:
+            res_lm = fitter.lm(theta, data, weights, pairs, pri, 0.1, 100, 1e-6)
+            np.asarray(res_lm[1])
+            t = tick("jitted_loop_s", t)
+            tractor.setAllParams(np.asarray(res_lm[1]).tolist())
+            tick("setAllParams_s", t)
     inside = {k: med(v) for k, v in acc.items()}
-    inside["n_distinct_plans_on_path"] = len({id(tractor._compile()[0]) for p in path
-                                              if tractor.setParams(p) is None})
-    parts = [k for k in inside if k.endswith("_s") and k != "optimize_total_s"]
-    inside["sum_of_parts_s"] = float(sum(inside[k] for k in parts))
-    inside["unaccounted_s"] = inside["optimize_total_s"] - inside["sum_of_parts_s"]
-    out.update(warm_breakdown=dict(loop=loop, inside_optimize=inside))
-    # the device floor: the jitted step alone, once per optimize() call
-    out["device_floor_s"] = inside["jitted_step_s"] * loop["n_optimize_calls"]
+    inside["static_plan"] = bool(fitter.static)
+    out.update(warm_breakdown=dict(loop=loop, inside=inside))
+    # the device floor: the jitted loop alone (one-program fits)
+    out["device_floor_s"] = inside.get("jitted_loop_s")
     return out
 
 
@@ -872,16 +834,14 @@ def markdown(out) -> str:
               (f"Render at the truth vs GalSim's noiseless image: max|res|/peak "
                f"{r['max_abs_resid_over_peak']:.1e}, flux ratio {r['flux_ratio']:.5f} "
                f"(pysersic 1.1e-3, AstroPhot 1.9e-2)."), ""]
-        lp, ins = mp["warm_breakdown"]["loop"], mp["warm_breakdown"]["inside_optimize"]
-        L += [("Warm `fit_map()` breakdown (medians; the real fit_map with its optimize() and "
-               "covariance() calls timed): "
-               f"{lp['n_optimize_calls']} `optimize()` calls ({lp['n_accepted']} steps taken) "
-               f"at {ms(lp['optimize_call_s'])} each (first {ms(lp['optimize_first_call_s'])}; "
-               f"together {ms(lp['optimize_calls_sum_s'])}) + `covariance()` "
-               f"{ms(lp['covariance_s'])} + the rest of fit_map {ms(lp['rest_of_fit_map_s'])} "
-               f"= {ms(lp['total_s'])}. Device floor (the jitted step alone x "
-               f"{lp['n_optimize_calls']}): {ms(mp['device_floor_s'])}."), "",
-              "| inside one `optimize()` | median |", "|---|---|"]
+        lp, ins = mp["warm_breakdown"]["loop"], mp["warm_breakdown"]["inside"]
+        how = ("one jitted Levenberg-Marquardt loop (`Tractor._lm_loop`: the plan cannot "
+               f"change with the values) {ms(lp['lm_loop_s'])}" if lp["one_program"] else
+               f"{lp['n_optimize_calls']} `optimize()` steps {ms(lp['optimize_calls_sum_s'])}")
+        L += [("Warm `fit_map()` breakdown (medians; the real fit_map with its calls timed): "
+               f"{lp['n_steps']} steps as {how} + `covariance()` {ms(lp['covariance_s'])} + "
+               f"the rest of fit_map {ms(lp['rest_of_fit_map_s'])} = {ms(lp['total_s'])}."),
+              "", "| inside the one-program fit | median |", "|---|---|"]
         for k, v in ins.items():
             if k.endswith("_s"):
                 L.append(f"| {k.removesuffix('_s')} | {v * 1e3:.3f} ms |")
@@ -1074,7 +1034,7 @@ def main(argv=None):
         out["cases"]["map_cached"] = run_case(args, "map", cache=cache)
         out["cases"]["nuts_cached"] = run_case(args, "nuts", cache=cache)
     out["cases"]["scale"] = []
-    for sc in args.scenes.split(","):
+    for sc in filter(None, args.scenes.split(",")):  # --scenes "": no scaling cases
         whats = ["vg"] if args.quick else ["vg", "value"]
         for w in whats:
             extra = ["--scene", sc, "--what", w] + (["--profile"] if sc == "mix1000"

@@ -247,6 +247,7 @@ def _blended_field(n_images=2, seed=0):
 
 
 @pytest.mark.parametrize("n_images", [1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.usefixtures("windowed_plans")
 def test_normal_matrix_equals_dense_jacobian(n_images):
     tr = _blended_field(n_images)
     fitter, theta, pairs, pri = tr._fit_inputs()
@@ -336,6 +337,7 @@ def _galaxy_field(H, W, flux_scale=1.0, re_scale=1.0, seed=0):
     pytest.param(128, 128, 0.3, 0.3, False,  # deV wings on coarse stamps inside the image
                  marks=pytest.mark.slow),
 ])
+@pytest.mark.usefixtures("windowed_plans")
 def test_normal_matrix_equals_dense_jacobian_galaxies(H, W, flux_scale, re_scale, lattice):
     """The assembled J^T W J and J^T W r equal those of a dense jacfwd of the model images
     with galaxies whose wings render on a coarse grid (psf.mog_step): the fitter's
@@ -371,6 +373,45 @@ def test_normal_matrix_equals_dense_jacobian_galaxies(H, W, flux_scale, re_scale
     lnl_ref = -0.5 * np.sum((w * r) ** 2)
     assert abs(lnp - lnl_ref) < 1e-10 * abs(lnl_ref)
     assert abs(tr.getLogLikelihood() - lnl_ref) < 1e-10 * abs(lnl_ref)
+
+
+def test_plan_widens_large_stamps_to_the_image_and_merges_their_parts():
+    """A galaxy whose stamp covers >= scene.FULL_AREA_FRACTION of a small image is rendered
+    on the whole image, pixel by pixel (no coarse grid below scene.LATTICE_MIN_PIXELS), as
+    one unit: the plan no longer changes as its size changes, and the model equals the
+    windowed plan's (which truncates wings below the noise) to within those wings."""
+    from tractor_prob import scene
+    from tractor_prob.ellipses import EllipseE
+    from tractor_prob.sersic import SersicGalaxy
+
+    H = W = 64
+    psf = NCircularGaussianPSF([1.5], [1.0])
+    img = Image(data=np.zeros((H, W)), invvar=np.ones((H, W)), psf=psf, sky=ConstantSky(0.0))
+    gal = SersicGalaxy(PixPos(31.3, 32.6), Flux(2000.0), EllipseE(3.0, 0.2, 0.1), 3.0)
+    tr = Tractor([img], [gal])
+    plans = []
+    for re in (3.0, 4.5, 6.0, 9.0):
+        gal.shape.setParams([re, 0.2, 0.1])
+        plan = scene.compile_tractor(tr)[0]
+        plans.append(plan)
+        assert plan.images[0].stamps == ((H, W),) and plan.images[0].steps == (1,)
+        assert plan.groups[0].parts == (None,)
+    assert all(p == plans[0] for p in plans)
+    full = np.asarray(tr.getModelImage(0))
+    # the same galaxy with the rules of large images: a core stamp plus wings
+    tr2 = Tractor([img], [gal.copy()])
+    old = scene.FULL_AREA_FRACTION, scene.LATTICE_MIN_PIXELS
+    scene.FULL_AREA_FRACTION, scene.LATTICE_MIN_PIXELS = 2.0, 0
+    try:
+        plan2 = scene.compile_tractor(tr2)[0]
+        windowed = np.asarray(tr2.getModelImage(0))
+    finally:
+        scene.FULL_AREA_FRACTION, scene.LATTICE_MIN_PIXELS = old
+    assert len(plan2.units) == 2
+    # what the windowed stamps leave out is below the stamp rule's noise budget:
+    # chi^2 (noise 1) well under 1
+    assert np.sum((full - windowed) ** 2) < 0.1
+    assert np.abs(full - windowed).max() < 1e-2 * full.max()
 
 
 # --------------------------------------------------------------------------- optimize

@@ -566,6 +566,7 @@ def mixture_image(N, xc, yc, comps_px, psf_mog):
     (Case("sersic", 3, 0.6, 60.0, ("gauss", 3), "null", n=6.0), profiles.sersic_mog(6.0),
      1e-2, 451),
 ], ids=["dev", "exp", "sersic6"])
+@pytest.mark.usefixtures("windowed_plans")
 def test_stamp_truncation_obeys_stamp_chi2(case, profile, sigma, N):
     """A bright galaxy (flux 100, peak S/N 200-450) in an image bigger than its stamps: what the
     stamps cut off is worth < STAMP_CHI2 of chi^2, so ours differs from GalSim by at most the

@@ -272,6 +272,34 @@ def test_fit_map_with_a_non_gaussian_prior_matches_scipy_optimize():
     assert res.log_prob == pytest.approx(-ref.fun, abs=1e-5)
 
 
+def test_fit_map_in_one_program_takes_the_steps_of_the_stepwise_loop(monkeypatch):
+    """A galaxy on a small image has a static plan (its stamp is the image, pixel by pixel),
+    so fit_map runs its Levenberg-Marquardt loop as one jitted program (Fitter.lm): the same
+    steps, optimum and covariance as the loop over Tractor._step (optimize()'s body)."""
+    from tractor_prob.engine import Tractor as _Tractor
+
+    tr, _ = _galaxy_tractor(seed=3)
+    fitter = tr._fit_inputs()[0]
+    assert fitter.static and len(fitter.c.plan.units) == 1  # core + wings merged
+    start = np.array(tr.getParams()) * (1 + np.array([0.01, -0.01, -0.2, 0.3, 0.5, -0.4, 0.2]))
+    tr.setParams(start)
+    fast = tr.fit_map()
+    calls = []
+    monkeypatch.setattr(_Tractor, "_lm_loop", lambda self, *a: calls.append(1))
+    tr.setParams(start)
+    slow = tr.fit_map()
+    assert calls and fast.converged and slow.converged
+    assert fast.n_steps == slow.n_steps > 3
+    np.testing.assert_allclose([fast.values[p] for p in fast.paths],
+                               [slow.values[p] for p in slow.paths], rtol=1e-9, atol=1e-9)
+    assert fast.log_prob == pytest.approx(slow.log_prob, abs=1e-8)
+    # the stepwise loop's matrix is at the values before its last (tiny) step, ours at the
+    # optimum itself: the same to well within the errors' own precision
+    sd = np.sqrt(np.diag(slow.covariance))
+    np.testing.assert_array_less(np.abs(fast.covariance - slow.covariance),
+                                 1e-3 * np.outer(sd, sd))
+
+
 def test_fit_map_stderr_matches_the_spread_of_fits():
     """Over 60 noise realisations of a galaxy, the MAP's stderr predicts the scatter of
     the fitted values (ratio within sampling error)."""

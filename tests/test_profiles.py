@@ -106,6 +106,11 @@ def test_package_evaluator_matches_generator_twin():
         a, v = profile_fit.eval_ppoly(br, coef, n)
         np.testing.assert_allclose(A[i], a, rtol=1e-13)
         np.testing.assert_allclose(V[i], v, rtol=1e-13)
+        # the host-side (numpy) evaluator used for stamp sizing
+        a_np, v_np = profiles.sersic_mog_numpy(n)
+        assert isinstance(a_np, np.ndarray)
+        np.testing.assert_allclose(a_np, a, rtol=1e-13)
+        np.testing.assert_allclose(v_np, v, rtol=1e-13)
     np.testing.assert_array_equal(profiles.exp_mog()[0], TABLE["exp"]["amps"])
     np.testing.assert_array_equal(profiles.dev_mog()[1], TABLE["dev"]["vars"])
     assert profiles.SERSIC_N_RANGE == (0.5, 6.2)

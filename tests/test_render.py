@@ -472,6 +472,7 @@ def test_interp_chi2_estimate_bounds_the_exact_error(step):
                 assert est <= 2.5 * exact, (step, covs[0], exact, est)
 
 
+@pytest.mark.usefixtures("windowed_plans")
 def test_coarse_render_units_cost_less_than_interp_chi2():
     """The documented rule at work: galaxies whose wide components render on coarse grids
     differ from the exact pixel-centre render by less than INTERP_CHI2 of chi^2 each (at the

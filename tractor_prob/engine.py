@@ -273,14 +273,34 @@ class Tractor(MultiParams):
         """
         return self._step(alphas, damp, priors)[:3]
 
-    def _step(self, alphas=None, damp=0.0, priors=True):
-        """optimize(), also returning (A, lnp): the undamped normal matrix at the values
-        before the step and the log-probability after it (for fit_map)."""
+    def _require_legal(self):
         bad = self._illegal_objects()
         if bad:
             raise ValueError(
                 "cannot optimize from illegal parameter values (log-probability -inf): "
                 + "; ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
+
+    def _lm_loop(self, steps, tol, damp, priors=True):
+        """fit_map's Levenberg-Marquardt iterations as one jitted program (``Fitter.lm``),
+        for scenes whose render plan cannot change with the values (``Fitter.static``).
+        Returns (n_steps, converged, A, lnp) as fit_map's own loop would, or None (not
+        such a scene: fit_map steps through ``_step`` instead)."""
+        self._require_legal()
+        fitter, theta, pairs, pri = self._fit_inputs()
+        if fitter.nt == 0 or not fitter.static:
+            return None
+        if not priors:
+            pri = fitter.prior_arrays([], None)
+        data, weights = self._pixels(fitter.c)
+        n, theta_new, converged, A, lnp = fitter.lm(theta, data, weights, pairs, pri,
+                                                    float(damp), int(steps), float(tol))
+        self.setAllParams(np.asarray(theta_new).tolist())
+        return int(n), bool(converged), np.asarray(A), float(lnp)
+
+    def _step(self, alphas=None, damp=0.0, priors=True):
+        """optimize(), also returning (A, lnp): the undamped normal matrix at the values
+        before the step and the log-probability after it (for fit_map)."""
+        self._require_legal()
         fitter, theta, pairs, pri = self._fit_inputs()
         if fitter.nt == 0:
             return 0.0, np.zeros(0), 0.0, np.zeros((0, 0)), self.getLogProb()

@@ -157,8 +157,13 @@ class Fitter:
                 offs = np.asarray(ip.offsets)[pos]
                 cal_t = t_of[offs[:, None] + cal_local[None, :]]
                 self.fit_groups.append(_FitGroup(ig, pos, cal_local, cal_t))
+        #: every render unit covers its images pixel by pixel: stamp origins, pair lists and
+        #: the plan itself do not depend on the values (see ``lm``)
+        self.static = all(tuple(st) == tuple(ip.shape) and sp == 1
+                          for ip in plan.images for st, sp in zip(ip.stamps, ip.steps))
         self.system = jax.jit(self._system)
         self._first = jax.jit(self._step_first)
+        self.lm = jax.jit(self._lm)
         self._search = jax.jit(self._step_search)
         self.derivs = jax.jit(self._derivs)
 
@@ -422,6 +427,41 @@ class Fitter:
         alpha = jnp.where(improved, alphas[0], 0.0)
         theta_new = theta.at[T].add(alpha * X)
         return theta_new, jnp.where(improved, lnp1 - lnp0, 0.0), X, alpha, lnp0, A
+
+    def _lm(self, theta, data, weights, pairs, pri, damp, steps, tol):
+        """``inference.fit_map``'s Levenberg-Marquardt loop in one program, for a ``static``
+        plan (nothing between steps needs the host): full steps with damping ``damp``
+        (/10 after an accepted step, *10 after a rejected one) until an accepted step gains
+        less than ``tol`` or the damping exceeds 1e6, at most ``steps`` steps.
+
+        Each iteration evaluates the system at the trial values, so the log-probability
+        that decides on the step comes with the next step's normal equations (one render
+        per step, and one program holding the system once).  Returns
+        (n_steps, theta, converged, A, lnp): A the undamped normal matrix at the final
+        values, lnp the log-probability there."""
+        T = jnp.asarray(self.T)
+        nt = self.nt
+
+        def body(s):
+            n, theta, A, g, lnp, lam, _ = s
+            first = n == 0  # the system at the start: a zero step (A, g are zero)
+            trial = theta.at[T].add(solve_normal(A, g, lam))
+            A1, g1, lnp1 = self._system(trial, data, weights, pairs, pri)
+            lnp1 = jnp.where(self.c.legal(trial), lnp1, -jnp.inf)
+            ok = lnp1 > lnp  # NaN (a step out of the legal domain): rejected
+            lam_new = jnp.where(ok, jnp.where(lam > 1e-9, lam / 10.0, 0.0),
+                                jnp.maximum(lam * 10.0, 1e-6))
+            done = ~first & jnp.where(ok, lnp1 - lnp < tol, lam_new > 1e6)
+            theta, A, g, lnp = (jnp.where(ok, a, b) for a, b in
+                                ((trial, theta), (A1, A), (g1, g), (lnp1, lnp)))
+            return n + 1, theta, A, g, lnp, jnp.where(first, lam, lam_new), done
+
+        init = (jnp.asarray(0), theta, jnp.zeros((nt, nt), theta.dtype),
+                jnp.zeros(nt, theta.dtype), jnp.asarray(-jnp.inf, theta.dtype),
+                jnp.asarray(damp, theta.dtype), jnp.asarray(False))
+        n, theta, A, _, lnp, _, done = jax.lax.while_loop(
+            lambda s: (s[0] <= steps) & ~s[6], body, init)
+        return n - 1, theta, done, A, lnp
 
     def _step_search(self, theta, data, weights, pri, alphas, X, lnp0):
         """The line search over the other fractions: (theta_new, dlnp, alpha)."""
@@ -696,7 +736,7 @@ def solve_normal(A, g, damp=0.0):
     d = jnp.sqrt(jnp.diag(A))
     d = jnp.where(d > 0, d, 1.0)
     As = A / (d[:, None] * d[None, :]) + (1e-10 + damp) * jnp.eye(A.shape[0], dtype=A.dtype)
-    if A.shape[0] <= CHOLESKY_LOOP_MAX:
+    if CHOLESKY_LAPACK_SMALL < A.shape[0] <= CHOLESKY_LOOP_MAX:
         y = _cho_solve_loop(As, g / d)
     else:
         L = jnp.linalg.cholesky(As)
@@ -711,6 +751,9 @@ def solve_normal(A, g, damp=0.0):
 #: jitted program after multithreaded work, which made a 210x210 factorization take
 #: 50-300 ms instead of 0.5 ms
 CHOLESKY_LOOP_MAX = 1024
+#: ... except systems this small, too small for LAPACK to use threads; its factorization
+#: compiles in a third of the loops' time
+CHOLESKY_LAPACK_SMALL = 16
 
 
 def _cho_solve_loop(A, b):

@@ -45,8 +45,7 @@ WING_SIGMA = 3.0
 
 @functools.lru_cache(maxsize=4096)
 def _numpy_sersic(n: float):
-    a, v = profiles.sersic_mog(n)
-    return np.asarray(a), np.asarray(v)
+    return profiles.sersic_mog_numpy(n)
 
 
 def _split_parts(sigmas_re):

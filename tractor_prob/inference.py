@@ -25,9 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _arviz
-
 __all__ = ["MapResult", "SampleResult", "fit_map", "sample"]
+
+
+def _arviz():
+    """tractor_prob._arviz, imported on first use: ArviZ takes ~1 s to import, which a MAP fit
+    in a fresh process should not pay."""
+    from . import _arviz
+
+    return _arviz
 
 
 # --------------------------------------------------------------------------------------
@@ -101,19 +107,25 @@ def fit_map(tractor, steps: int = 100, tol: float = 1e-6, damp: float = 0.1,
     """
     if tractor.numberOfParams() == 0:
         raise ValueError("fit_map(): no thawed parameters")
-    converged, n, lam = False, 0, float(damp)
-    for n in range(1, steps + 1):
-        dlnp, _, alpha, A, lnp = tractor._step(alphas=[1.0], damp=lam, priors=priors)
-        if alpha > 0:
-            lam = lam / 10.0 if lam > 1e-9 else 0.0
-            if dlnp < tol:
-                converged = True
-                break
-        else:
-            lam = max(lam * 10.0, 1e-6)
-            if lam > 1e6:  # no step of any length improves: at the optimum
-                converged = True
-                break
+    # scenes whose render plan cannot change with the values run the loop below as one
+    # jitted program (the same iterations)
+    fast = tractor._lm_loop(steps, tol, damp, priors)
+    if fast is not None:
+        n, converged, A, lnp = fast
+    else:
+        converged, n, lam = False, 0, float(damp)
+        for n in range(1, steps + 1):
+            dlnp, _, alpha, A, lnp = tractor._step(alphas=[1.0], damp=lam, priors=priors)
+            if alpha > 0:
+                lam = lam / 10.0 if lam > 1e-9 else 0.0
+                if dlnp < tol:
+                    converged = True
+                    break
+            else:
+                lam = max(lam * 10.0, 1e-6)
+                if lam > 1e6:  # no step of any length improves: at the optimum
+                    converged = True
+                    break
     # the last step's normal matrix: at the values before that step, which moved them by
     # less than tol in log-probability (or not at all)
     cov = covariance(tractor, priors=priors, A=A)
@@ -228,7 +240,7 @@ class SampleResult:
             for i in range(len(models)):
                 chi = (data[i] - models[i]) * weights[i]
                 ll[f"image{i}"] = (-0.5 * chi * chi).reshape((C, D) + chi.shape[1:])
-        return _arviz.make_idata(post, sample_stats=dict(self.stats),
+        return _arviz().make_idata(post, sample_stats=dict(self.stats),
                                  observed_data=obs if observed or log_likelihood else None,
                                  log_likelihood=ll,
                                  attrs={"sampling_seconds": self.seconds,
@@ -236,7 +248,7 @@ class SampleResult:
 
     def summary(self, var_names=None, hdi_prob: float = 0.94):
         """pandas DataFrame: mean, sd, HDI, ESS, R-hat per parameter path."""
-        return _arviz.summary(self.to_arviz(), var_names=var_names, hdi_prob=hdi_prob)
+        return _arviz().summary(self.to_arviz(), var_names=var_names, hdi_prob=hdi_prob)
 
     def median(self) -> dict:
         return {p: float(np.median(self.draws[..., k])) for k, p in enumerate(self.paths)}
@@ -293,11 +305,11 @@ class SampleResult:
 
     def plot_trace(self, path, var_names=None):
         """Trace plot (PNG at ``path``) of the chosen parameters."""
-        return _arviz.plot_trace(self.to_arviz(), var_names or self.paths, path)
+        return _arviz().plot_trace(self.to_arviz(), var_names or self.paths, path)
 
     def save(self, path) -> None:
         """Write the draws (ArviZ netCDF) atomically."""
-        _arviz.to_netcdf(self.to_arviz(), path)
+        _arviz().to_netcdf(self.to_arviz(), path)
 
     def __repr__(self):
         div = int(np.sum(self.stats.get("diverging", 0)))
@@ -316,10 +328,18 @@ class _Kernel:
         from numpyro.infer.hmc import hmc
         from numpyro.infer.util import potential_energy
 
-        self.transforms = {s.name: biject_to(s.dist.support) for s in model._sites}
+        self.transforms = transforms = {s.name: biject_to(s.dist.support) for s in model._sites}
         potential = jax.jit(lambda z, args: potential_energy(model, args, {}, z))
-        self.init, sample_kernel = hmc(
+        init, sample_kernel = hmc(
             potential_fn_gen=lambda *args: (lambda z: potential(z, args)), algo=algo)
+        # one program (the potential's gradient at the start included) instead of dozens
+        # of small eager ones; safe with potential_fn_gen: the sample kernel rebuilds its
+        # integrator from the model arguments on every call
+        self.init = jax.jit(init, static_argnames=("num_warmup", "dense_mass",
+                                                   "target_accept_prob"))
+        #: site values <-> the sampler's unconstrained space, each one jitted program
+        self.unconstrain = jax.jit(lambda z: {k: transforms[k].inv(v) for k, v in z.items()})
+        self.constrain = jax.jit(lambda z: {k: transforms[k](v) for k, v in z.items()})
 
         def run(state, args):
             def body(s, _):
@@ -436,9 +456,8 @@ def sample(tractor, num_warmup: int = 500, num_samples: int = 500, num_chains: i
     model = SceneModel(tractor)
     vectorized = chain_method == "vectorized" and num_chains > 1
     kern = _kernel(model, kernel.upper(), num_warmup, chunk, vectorized)
-    transforms = kern.transforms
     args = (jnp.asarray(model.theta0), model.data, model.weights)
-    z0 = {k: transforms[k].inv(v) for k, v in model.site_values().items()}
+    z0 = kern.unconstrain(model.site_values())
     imm = None
     if map_result is not None and dense_mass:
         imm = _inverse_mass(kern, model, z0, map_result.covariance)
@@ -471,7 +490,7 @@ def sample(tractor, num_warmup: int = 500, num_samples: int = 500, num_chains: i
         it += chunk
         if keep.start >= keep.stop:
             continue
-        d, st = _constrain(outs, keep, model, transforms)
+        d, st = _constrain(outs, keep, model, kern.constrain)
         draws.append(d)
         stats.append(st)
         n_have += d.shape[1]
@@ -513,17 +532,19 @@ def _jitter(z0, num_chains, key):
 
 
 def _stack_chains(outs, vectorized):
-    """Per-chunk outputs -> one pytree with a leading chain axis, then iterations."""
+    """Per-chunk outputs -> one pytree of numpy arrays with a leading chain axis, then
+    iterations."""
     if vectorized:
-        return outs[0]
-    return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *outs)
+        return jax.tree_util.tree_map(np.asarray, outs[0])
+    return jax.tree_util.tree_map(lambda *x: np.stack([np.asarray(a) for a in x]), *outs)
 
 
-def _constrain(outs, keep, model, transforms):
-    """(draws (chains, n, n_thawed), stats (chains, n)) from a chunk's outputs."""
+def _constrain(outs, keep, model, constrain):
+    """(draws (chains, n, n_thawed), stats (chains, n)) from a chunk's outputs;
+    ``constrain``: unconstrained site values -> constrained (_Kernel.constrain)."""
     z, diverging, n_steps, accept, pe, energy = jax.tree_util.tree_map(
-        lambda a: np.asarray(a)[:, keep], outs)
-    cons = {k: np.asarray(transforms[k](jnp.asarray(v))) for k, v in z.items()}
+        lambda a: a[:, keep], outs)
+    cons = {k: np.asarray(v) for k, v in constrain(z).items()}
     stats = {
         "diverging": np.asarray(diverging, bool),
         "n_steps": np.asarray(n_steps),
@@ -555,9 +576,9 @@ def _save(path, draws, stats, states, vectorized, tractor, model, map_result):
 
 def _load(path):
     """((draws, stats), state leaves with a leading chain axis, paths) of a saved run."""
-    idata = _arviz.from_netcdf(path)
-    post = _arviz.get_group(idata, "posterior")
-    st = _arviz.get_group(idata, "sample_stats")
+    idata = _arviz().from_netcdf(path)
+    post = _arviz().get_group(idata, "posterior")
+    st = _arviz().get_group(idata, "sample_stats")
     with np.load(f"{path}.state.npz") as f:
         paths = json.loads(str(f["paths"]))
         leaves = [f[f"leaf{i}"] for i in range(int(f["n"]))]

@@ -117,14 +117,23 @@ def sersic_mog(n):
         Component variances per axis in units of r_e**2 (r_e = half-light radius).  Components
         keep their identity (ordering by variance) along n.
     """
-    n = jnp.asarray(n, dtype=jnp.float64)
+    return _sersic_mog(jnp.asarray(n, dtype=jnp.float64), jnp)
+
+
+def sersic_mog_numpy(n):
+    """``sersic_mog`` evaluated with numpy (float64 ndarrays): for stamp sizing and other
+    host-side uses, where eager JAX would compile a small program per operation."""
+    return _sersic_mog(np.asarray(n, dtype=np.float64), np)
+
+
+def _sersic_mog(n, xp):
     lo, hi = SERSIC_N_RANGE
     # explicit where: gradient 1 inside (bounds included), 0 outside
-    nc = jnp.where(n < lo, lo, jnp.where(n > hi, hi, n))
-    x = jnp.log(nc)
-    br = jnp.asarray(_SER_BR)
-    j = jnp.clip(jnp.searchsorted(br, x, side="right") - 1, 0, len(_SER_BR) - 2)
+    nc = xp.where(n < lo, lo, xp.where(n > hi, hi, n))
+    x = xp.log(nc)
+    br = xp.asarray(_SER_BR)
+    j = xp.clip(xp.searchsorted(br, x, side="right") - 1, 0, len(_SER_BR) - 2)
     d = (x - br[j])[..., None]
-    c = jnp.asarray(_SER_COEF)[:, j]  # (4, ..., 2K)
+    c = xp.asarray(_SER_COEF)[:, j]  # (4, ..., 2K)
     p = ((c[0] * d + c[1]) * d + c[2]) * d + c[3]
-    return jnp.exp(p[..., :_SER_K]), jnp.exp(p[..., _SER_K:])
+    return xp.exp(p[..., :_SER_K]), xp.exp(p[..., _SER_K:])

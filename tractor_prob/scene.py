@@ -101,6 +101,13 @@ class Plan(NamedTuple):
 
 #: a stamp radius is kept while the wanted radius stays above this fraction of it
 STAMP_SHRINK = 0.7
+#: a stamp covering at least this fraction of its image's pixels is widened to the whole
+#: image: it costs at most 1/FULL_AREA_FRACTION times the pixels, and a fitted source
+#: growing or shrinking no longer changes the plan (a recompilation each time)
+FULL_AREA_FRACTION = 0.25
+#: images of at most this many pixels are rendered pixel by pixel (no coarse grid: the
+#: interpolation would save little there and add plans to compile)
+LATTICE_MIN_PIXELS = 128 * 128
 #: a render unit keeps its last stamp size and step while the values of its image and
 #: sources are within these tolerances of the ones it was sized for (numpy.allclose)
 SIZING_RTOL, SIZING_ATOL = 1e-3, 1e-4
@@ -113,25 +120,58 @@ STEP_GROW = 0.25
 def _stamp_size(r: float, H: int, W: int) -> tuple:
     # round the radius up to a multiple of 4 pixels so that small changes in
     # PSF width, flux or galaxy size while fitting do not change the plan (and
-    # retrace); a stamp is never larger than the image
+    # retrace); a stamp is never larger than the image, and one covering
+    # FULL_AREA_FRACTION of it is the image
     R = max(4, 4 * math.ceil(r / 4.0))
-    return (min(2 * R + 1, H), min(2 * R + 1, W))
+    Sy, Sx = min(2 * R + 1, H), min(2 * R + 1, W)
+    return (H, W) if Sy * Sx >= FULL_AREA_FRACTION * H * W else (Sy, Sx)
+
+
+def _units(group_plans) -> tuple:
+    """Render units (source group, part index) of the groups, in order."""
+    return tuple((g, p) for g, gp in enumerate(group_plans) for p in range(len(gp.parts)))
+
+
+def _merge_full_parts(group_plans, units, sizes, img_specs):
+    """A source group split into parts (wide wings apart from the core) whose parts all
+    cover every image pixel by pixel (full stamps, step 1) renders as one unit: the split
+    saves nothing there, and one unit compiles and runs as one program."""
+    merge = set()
+    for g, gp in enumerate(group_plans):
+        us = [u for u, (gu, _) in enumerate(units) if gu == g]
+        if len(us) > 1 and all(
+                sizes[i][0][u] == tuple(img.shape) and sizes[i][1][u] == 1
+                for i, (_, _, img) in enumerate(img_specs) for u in us):
+            merge.add(g)
+    if not merge:
+        return group_plans, units, sizes
+    group_plans = tuple(gp._replace(parts=(None,)) if g in merge else gp
+                        for g, gp in enumerate(group_plans))
+    keep = [u for u, (g, p) in enumerate(units) if g not in merge or p == 0]
+    sizes = [([st[u] for u in keep], [sp[u] for u in keep]) for st, sp in sizes]
+    return group_plans, _units(group_plans), sizes
 
 
 def _unit_sizes(img, srcs, counts, part, cache=None):
     """(stamp radius, coarse-grid step, f() -> step at STEP_GROW x INTERP_CHI2) of a render
     unit: the largest radius and the smallest step over its sources, all sized at the
     brightest source's ``counts`` (psf.mog_radius, psf.mog_step).  The radius is capped at
-    the image's larger side (stamps never exceed the image)."""
+    the image's larger side (stamps never exceed the image); images of at most
+    LATTICE_MIN_PIXELS pixels get step 1."""
     mogs = type(srcs[0])._unit_mogs(img, srcs, part, cache)
     noise = img.noise_sigma
+    fine = img.shape[0] * img.shape[1] <= LATTICE_MIN_PIXELS
     if mogs is None:
         r = max(s._stamp_radius(img, counts, part) for s in srcs)
+        if fine:
+            return r, 1, lambda: 1
         b = min(s._stamp_step(img, counts, part) for s in srcs)
         return r, b, lambda: min(s._stamp_step(img, counts, part, STEP_GROW) for s in srcs)
     amps, means, covs = mogs
     rcap = float(max(img.shape))
     r = min(float(np.max(mog_radii(amps, means, covs, counts, noise, rcap))), rcap)
+    if fine:
+        return r, 1, lambda: 1
     b = mog_step(amps, covs, counts, noise)
     return r, b, lambda: mog_step(amps, covs, counts, noise, STEP_GROW * INTERP_CHI2)
 
@@ -161,7 +201,7 @@ def compile_tractor(tractor):
         g[1].append(tuple(range(off, off + spec.size)))
     group_plans = tuple(GroupPlan(spec, tuple(m), tuple(idx), parts)
                         for (spec, parts), (m, idx) in groups.items())
-    units = tuple((g, p) for g, gp in enumerate(group_plans) for p in range(len(gp.parts)))
+    units = _units(group_plans)
 
     # nothing changed since the last call (e.g. repeated getModelImage): same plan
     walk_key = (tuple(values), tuple(thawed), tuple(tuple(p) for p in priors), group_plans,
@@ -175,10 +215,11 @@ def compile_tractor(tractor):
     memo = tractor.__dict__.setdefault("_stamp_memo", {})
     sized = tractor.__dict__.setdefault("_sizing_memo", {})
     vals = np.asarray(values, dtype=np.float64)
-    image_groups: dict = {}
+    sizes = []  # per image: (stamps, steps) per render unit
     for i, (spec, off, img) in enumerate(img_specs):
         H, W = img.shape
         stamps, steps = [], []
+        sizes.append((stamps, steps))
         counts_of, cache = {}, {}
         for g, p in units:
             gp = group_plans[g]
@@ -209,7 +250,11 @@ def compile_tractor(tractor):
             memo[key + ("step",)] = b
             steps.append(b)
             sized[skey] = (inputs, stamps[-1], b)
-        key = (spec, (H, W), tuple(stamps), tuple(steps))
+    group_plans, units, sizes = _merge_full_parts(group_plans, units, sizes, img_specs)
+    image_groups: dict = {}
+    for i, (spec, off, img) in enumerate(img_specs):
+        stamps, steps = sizes[i]
+        key = (spec, tuple(img.shape), tuple(stamps), tuple(steps))
         members = image_groups.setdefault(key, ([], []))
         members[0].append(i)
         members[1].append(off)
