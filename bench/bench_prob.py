@@ -17,6 +17,8 @@ Each case runs in its own process ("cold" = first call incl. JAX compilation, af
 
     python bench/bench_prob.py                 # all cases, writes bench/results/prob.{json,md}
     python bench/bench_prob.py --quick         # smoke run (short chains, small scenes), prints only
+    python bench/bench_prob.py --scenes "" --out bench/results/prob_threads.json
+                                               # MAP + NUTS only (recorded with default threads)
     python bench/bench_prob.py --case map      # one case, prints JSON
     python bench/bench_prob.py --case scale --scene mix1000 --what vg
 """
