@@ -175,7 +175,8 @@ class Fitter:
         With the image's weights ``w``, J is weighted (J w) except for lattice units, and
         each unit is computed in a conditional whose outputs XLA must store: otherwise it
         fuses the Jacobian's computation (exps of every component) into each consumer
-        (every pair block's gather) and recomputes it many times over.
+        (every pair block's gather) and recomputes it many times over.  Static plans have
+        no such consumers (only matmuls, which read stored operands) and skip it.
         """
         c = self.c
         ip = c.plan.images[ig]
@@ -200,7 +201,7 @@ class Fitter:
 
             args = (theta, iv, ox, oy, w)
             with jax.named_scope(f"jacobian_unit{u}"):
-                if w is None:
+                if w is None or self.static:  # (static: only matmuls consume J)
                     st, J = unit(*args)
                 else:
                     st, J = _stored(unit, args, theta[0] == theta[0])
