@@ -429,10 +429,12 @@ class SamplePhases:
             setattr(owner, name, (lambda *a, **k: post(t(*a, **k))) if post else t)
             self._undo.append((owner, name, orig))
 
-        def wrap_init(kern):  # the kernel object's own init (cached kernels: once)
-            init = getattr(kern, "init", None)
-            if init is not None and not getattr(init, "_bench_wrapped", False):
-                kern.init = timed(init, "kernel_init")
+        def wrap_init(kern):  # the kernel object's own functions (cached kernels: once)
+            for attr, phase in (("init", "kernel_init"), ("start_info", "kernel_init"),
+                                ("jacobian", "inverse_mass")):
+                fn = getattr(kern, attr, None)
+                if fn is not None and not getattr(fn, "_bench_wrapped", False):
+                    setattr(kern, attr, timed(fn, phase))
             return kern
 
         wrap(inference, "sample", "sample_loop")

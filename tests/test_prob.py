@@ -300,6 +300,43 @@ def test_fit_map_in_one_program_takes_the_steps_of_the_stepwise_loop(monkeypatch
                                  1e-3 * np.outer(sd, sd))
 
 
+def test_chain_started_at_the_map_gets_the_potential_and_gradient_of_the_model():
+    """sample() starts one chain at the MAP from the fit's own log-probability and gradient
+    (no compile of the potential's gradient): they are numpyro's potential energy of the
+    model and its autodiff gradient there, bounded parameters' transforms included."""
+    from jax.flatten_util import ravel_pytree
+    from numpyro.infer.util import potential_energy
+
+    from tractor_prob import inference
+    from tractor_prob.model import SceneModel
+
+    tr, _ = _galaxy_tractor(seed=5)
+    tr.set_prior("source0.brightness.Flux", dist.Gamma(9.0, 0.003))  # a non-Gaussian prior
+    res = tr.fit_map()
+    fitter, theta, pairs, pri = tr._fit_inputs()
+    data, weights = tr._pixels(fitter.c)
+    _, g_map, lnp_map = fitter.system(theta, data, weights, pairs, pri)
+    assert res.log_prob == pytest.approx(float(lnp_map), abs=1e-8)
+    np.testing.assert_allclose(res._grad, g_map, atol=1e-8 * np.abs(g_map).max() + 1e-9)
+    # the change of variables, checked away from the optimum (where the gradient matters)
+    tr.setParams(np.array(tr.getParams()) * (1 + np.array([1, -1, 5, 3, 4, -6, 2]) * 1e-2))
+    fitter, theta, pairs, pri = tr._fit_inputs()
+    _, grad, lnp = fitter.system(theta, data, weights, pairs, pri)
+    model = SceneModel(tr)
+    kern = inference._kernel(model, "NUTS", 10, 5, False)
+    z0 = kern.unconstrain(model.site_values())
+    flat, unravel = ravel_pytree(z0)
+    args = (jnp.asarray(model.theta0), model.data, model.weights)
+    pe, z_grad = kern.start_info(flat, kern.jacobian(flat, jnp.asarray(model.theta0)), lnp, grad)
+    pe_ref, g_ref = jax.value_and_grad(
+        lambda f: potential_energy(model, args, {}, unravel(f)))(flat)
+    assert float(pe) == pytest.approx(float(pe_ref), rel=1e-10)
+    g = ravel_pytree(z_grad)[0]
+    assert np.abs(g_ref).min() > 1.0  # away from the optimum in every direction
+    np.testing.assert_allclose(g, g_ref, rtol=1e-7)
+    assert set(model.site_values()) >= {"thawed.disk", "thawed.interval(0.5,6.2)"}
+
+
 def test_fit_map_stderr_matches_the_spread_of_fits():
     """Over 60 noise realisations of a galaxy, the MAP's stderr predicts the scatter of
     the fitted values (ratio within sampling error)."""

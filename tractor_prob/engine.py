@@ -283,8 +283,9 @@ class Tractor(MultiParams):
     def _lm_loop(self, steps, tol, damp, priors=True):
         """fit_map's Levenberg-Marquardt iterations as one jitted program (``Fitter.lm``),
         for scenes whose render plan cannot change with the values (``Fitter.static``).
-        Returns (n_steps, converged, A, lnp) as fit_map's own loop would, or None (not
-        such a scene: fit_map steps through ``_step`` instead)."""
+        Returns (n_steps, converged, A, lnp, g) as fit_map's own loop would (g: the
+        gradient of lnp at the final values), or None (not such a scene: fit_map steps
+        through ``_step`` instead)."""
         self._require_legal()
         fitter, theta, pairs, pri = self._fit_inputs()
         if fitter.nt == 0 or not fitter.static:
@@ -292,10 +293,10 @@ class Tractor(MultiParams):
         if not priors:
             pri = fitter.prior_arrays([], None)
         data, weights = self._pixels(fitter.c)
-        n, theta_new, converged, A, lnp = fitter.lm(theta, data, weights, pairs, pri,
-                                                    float(damp), int(steps), float(tol))
+        n, theta_new, converged, A, lnp, g = fitter.lm(theta, data, weights, pairs, pri,
+                                                       float(damp), int(steps), float(tol))
         self.setAllParams(np.asarray(theta_new).tolist())
-        return int(n), bool(converged), np.asarray(A), float(lnp)
+        return int(n), bool(converged), np.asarray(A), float(lnp), np.asarray(g)
 
     def _step(self, alphas=None, damp=0.0, priors=True):
         """optimize(), also returning (A, lnp): the undamped normal matrix at the values

@@ -438,8 +438,8 @@ class Fitter:
         Each iteration evaluates the system at the trial values, so the log-probability
         that decides on the step comes with the next step's normal equations (one render
         per step, and one program holding the system once).  Returns
-        (n_steps, theta, converged, A, lnp): A the undamped normal matrix at the final
-        values, lnp the log-probability there."""
+        (n_steps, theta, converged, A, lnp, g): A the undamped normal matrix at the final
+        values, lnp the log-probability there and g its gradient (thawed parameters)."""
         T = jnp.asarray(self.T)
         nt = self.nt
 
@@ -460,9 +460,9 @@ class Fitter:
         init = (jnp.asarray(0), theta, jnp.zeros((nt, nt), theta.dtype),
                 jnp.zeros(nt, theta.dtype), jnp.asarray(-jnp.inf, theta.dtype),
                 jnp.asarray(damp, theta.dtype), jnp.asarray(False))
-        n, theta, A, _, lnp, _, done = jax.lax.while_loop(
+        n, theta, A, g, lnp, _, done = jax.lax.while_loop(
             lambda s: (s[0] <= steps) & ~s[6], body, init)
-        return n - 1, theta, done, A, lnp
+        return n - 1, theta, done, A, lnp, g
 
     def _step_search(self, theta, data, weights, pri, alphas, X, lnp0):
         """The line search over the other fractions: (theta_new, dlnp, alpha)."""

@@ -72,6 +72,7 @@ class MapResult:
         self.converged = bool(converged)
         self.n_steps = int(n_steps)
         self.log_prob = float(log_prob)
+        self._grad = None  # see fit_map
 
     def __repr__(self):
         w = max([len(p) for p in self.paths] + [9])
@@ -110,8 +111,9 @@ def fit_map(tractor, steps: int = 100, tol: float = 1e-6, damp: float = 0.1,
     # scenes whose render plan cannot change with the values run the loop below as one
     # jitted program (the same iterations)
     fast = tractor._lm_loop(steps, tol, damp, priors)
+    grad = None
     if fast is not None:
-        n, converged, A, lnp = fast
+        n, converged, A, lnp, grad = fast
     else:
         converged, n, lam = False, 0, float(damp)
         for n in range(1, steps + 1):
@@ -129,7 +131,11 @@ def fit_map(tractor, steps: int = 100, tol: float = 1e-6, damp: float = 0.1,
     # the last step's normal matrix: at the values before that step, which moved them by
     # less than tol in log-probability (or not at all)
     cov = covariance(tractor, priors=priors, A=A)
-    return MapResult(tractor.getParamNames(), tractor.getParams(), cov, converged, n, lnp)
+    res = MapResult(tractor.getParamNames(), tractor.getParams(), cov, converged, n, lnp)
+    # d log_prob / d thawed parameters at the optimum, where known (one-program fits):
+    # lets sample() start a chain there without compiling the potential's gradient again
+    res._grad = None if grad is None or not priors else grad
+    return res
 
 
 def covariance(tractor, priors: bool = True, A=None) -> np.ndarray:
@@ -363,6 +369,19 @@ class _Kernel:
 
         self.jacobian = jax.jit(jax.jacfwd(thawed_of))
 
+        def log_det(flat):  # log |d constrained / d unconstrained| of all sites
+            return sum(jnp.sum(transforms[k].log_abs_det_jacobian(v, transforms[k](v)))
+                       for k, v in unravel(flat).items())
+
+        def start_info(flat, jac, lnp, grad):
+            # potential energy and its gradient at flat from the log-probability lnp and
+            # its gradient ``grad`` (thawed parameters) there, ``jac`` = self.jacobian
+            # there: the change of variables
+            ld, dld = jax.value_and_grad(log_det)(flat)
+            return -(lnp + ld), unravel(-(jac.T @ grad + dld))
+
+        self.start_info = jax.jit(start_info)
+
 
 _KERNELS: dict = {}
 
@@ -377,12 +396,9 @@ def _kernel(model, algo, num_warmup, chunk, vectorized) -> _Kernel:
     return k
 
 
-def _inverse_mass(kern, model, z0, cov_thawed):
+def _inverse_mass(J, cov_thawed):
     """Dense inverse mass matrix in the sampler's flat unconstrained order from the MAP
     covariance: Jinv C Jinv^T with J = d(constrained thawed)/d(unconstrained)."""
-    from jax.flatten_util import ravel_pytree
-
-    J = np.asarray(kern.jacobian(ravel_pytree(z0)[0], jnp.asarray(model.theta0)))
     Jinv = np.linalg.inv(J)
     M = Jinv @ cov_thawed @ Jinv.T
     return 0.5 * (M + M.T)
@@ -458,11 +474,23 @@ def sample(tractor, num_warmup: int = 500, num_samples: int = 500, num_chains: i
     kern = _kernel(model, kernel.upper(), num_warmup, chunk, vectorized)
     args = (jnp.asarray(model.theta0), model.data, model.weights)
     z0 = kern.unconstrain(model.site_values())
-    imm = None
-    if map_result is not None and dense_mass:
-        imm = _inverse_mass(kern, model, z0, map_result.covariance)
     keys = jax.random.split(jax.random.PRNGKey(seed), num_chains)
     starts = [z0] if num_chains == 1 else _jitter(z0, num_chains, jax.random.PRNGKey(seed + 1))
+    imm = None
+    if map_result is not None:
+        from jax.flatten_util import ravel_pytree
+        from numpyro.infer.util import ParamInfo
+
+        flat0 = ravel_pytree(z0)[0]
+        J = kern.jacobian(flat0, jnp.asarray(model.theta0))  # d thawed / d unconstrained
+        if dense_mass:
+            imm = _inverse_mass(np.asarray(J), map_result.covariance)
+        if num_chains == 1 and map_result._grad is not None:
+            # one chain from the MAP, whose fit left the log-probability and its gradient
+            # there: numpyro's init then needs no gradient of the potential (a compile)
+            pe, z_grad = kern.start_info(flat0, J, map_result.log_prob,
+                                         jnp.asarray(map_result._grad))
+            starts = [ParamInfo(z0, pe, z_grad)]
     states = [kern.init(starts[c], num_warmup, inverse_mass_matrix=imm, dense_mass=dense_mass,
                         target_accept_prob=target_accept_prob, model_args=args,
                         rng_key=keys[c]) for c in range(num_chains)]

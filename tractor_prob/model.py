@@ -170,11 +170,15 @@ class SceneModel:
         return theta
 
     def theta_of(self, samples: dict, base=None) -> np.ndarray:
-        """Full parameter vectors (..., n_theta) from site samples of any leading shape."""
+        """Full parameter vectors (..., n_theta) from site samples of any leading shape
+        (numpy: ``fill`` on the host)."""
         base = self.theta0 if base is None else np.asarray(base)
         lead = np.shape(samples[self._sites[0].name])[: -self._sites[0].idx.ndim] \
             if self._sites else ()
-        return np.asarray(self.fill(jnp.broadcast_to(base, lead + base.shape), samples))
+        theta = np.array(np.broadcast_to(base, lead + base.shape), dtype=float)
+        for s in self._sites:
+            theta[..., s.idx] = np.asarray(samples[s.name])
+        return theta
 
     def thawed_of(self, samples: dict) -> np.ndarray:
         """Thawed parameters (..., n_thawed), getParamNames() order, from site samples."""
