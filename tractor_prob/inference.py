@@ -128,8 +128,9 @@ def fit_map(tractor, steps: int = 100, tol: float = 1e-6, damp: float = 0.1,
                 if lam > 1e6:  # no step of any length improves: at the optimum
                     converged = True
                     break
-    # the last step's normal matrix: at the values before that step, which moved them by
-    # less than tol in log-probability (or not at all)
+    # A: the stepwise loop's last normal matrix is at the values before its last step, which
+    # moved them by less than tol in log-probability (or not at all); the one-program
+    # loop's is at the final values
     cov = covariance(tractor, priors=priors, A=A)
     res = MapResult(tractor.getParamNames(), tractor.getParams(), cov, converged, n, lnp)
     # d log_prob / d thawed parameters at the optimum, where known (one-program fits):
@@ -247,10 +248,10 @@ class SampleResult:
                 chi = (data[i] - models[i]) * weights[i]
                 ll[f"image{i}"] = (-0.5 * chi * chi).reshape((C, D) + chi.shape[1:])
         return _arviz().make_idata(post, sample_stats=dict(self.stats),
-                                 observed_data=obs if observed or log_likelihood else None,
-                                 log_likelihood=ll,
-                                 attrs={"sampling_seconds": self.seconds,
-                                        "paths": json.dumps(self.paths)})
+                                   observed_data=obs if observed or log_likelihood else None,
+                                   log_likelihood=ll,
+                                   attrs={"sampling_seconds": self.seconds,
+                                          "paths": json.dumps(self.paths)})
 
     def summary(self, var_names=None, hdi_prob: float = 0.94):
         """pandas DataFrame: mean, sd, HDI, ESS, R-hat per parameter path."""
@@ -338,9 +339,10 @@ class _Kernel:
         potential = jax.jit(lambda z, args: potential_energy(model, args, {}, z))
         init, sample_kernel = hmc(
             potential_fn_gen=lambda *args: (lambda z: potential(z, args)), algo=algo)
-        # one program (the potential's gradient at the start included) instead of dozens
-        # of small eager ones; safe with potential_fn_gen: the sample kernel rebuilds its
-        # integrator from the model arguments on every call
+        # one program instead of dozens of small eager ones (it evaluates the potential's
+        # gradient at the start unless given one, see sample()); safe with
+        # potential_fn_gen: the sample kernel rebuilds its integrator from the model
+        # arguments on every call
         self.init = jax.jit(init, static_argnames=("num_warmup", "dense_mass",
                                                    "target_accept_prob"))
         #: site values <-> the sampler's unconstrained space, each one jitted program
