@@ -402,21 +402,22 @@ def test_plan_widens_large_stamps_to_the_image_and_merges_their_parts():
         assert plan.images[0].stamps == ((H, W),) and plan.images[0].steps == (1,)
         assert plan.groups[0].parts == (None,)
     assert all(p == plans[0] for p in plans)
+    gal.shape.setParams([3.0, 0.2, 0.1])
     full = np.asarray(tr.getModelImage(0))
     # the same galaxy with the rules of large images: a core stamp plus wings
     tr2 = Tractor([img], [gal.copy()])
-    old = scene.FULL_AREA_FRACTION, scene.LATTICE_MIN_PIXELS
-    scene.FULL_AREA_FRACTION, scene.LATTICE_MIN_PIXELS = 2.0, 0
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scene, "FULL_AREA_FRACTION", 2.0)
+        mp.setattr(scene, "LATTICE_MIN_PIXELS", 0)
         plan2 = scene.compile_tractor(tr2)[0]
         windowed = np.asarray(tr2.getModelImage(0))
-    finally:
-        scene.FULL_AREA_FRACTION, scene.LATTICE_MIN_PIXELS = old
-    assert len(plan2.units) == 2
-    # what the windowed stamps leave out is below the stamp rule's noise budget:
-    # chi^2 (noise 1) well under 1
-    assert np.sum((full - windowed) ** 2) < 0.1
-    assert np.abs(full - windowed).max() < 1e-2 * full.max()
+    assert len(plan2.units) == 2 and plan2.images[0].stamps[0] != (H, W)
+    # what the windowed plan leaves out (wings beyond the core stamp, interpolation of the
+    # coarse wing nodes) stays within the budgets of those rules (noise 1 here)
+    from tractor_prob.psf import INTERP_CHI2, STAMP_CHI2
+
+    assert np.sum((full - windowed) ** 2) < 2 * (STAMP_CHI2 + INTERP_CHI2)
+    assert np.abs(full - windowed).max() < 1e-3 * full.max()
 
 
 # --------------------------------------------------------------------------- optimize
