@@ -366,7 +366,7 @@ class _Kernel:
 
         def thawed_of(flat, theta0):  # constrained thawed values from a flat unconstrained z
             z = unravel(flat)
-            return model.fill(theta0, {k: self.transforms[k](v) for k, v in z.items()})[
+            return model.fill(theta0, {k: transforms[k](v) for k, v in z.items()})[
                 thawed_idx]
 
         self.jacobian = jax.jit(jax.jacfwd(thawed_of))

@@ -175,10 +175,10 @@ class SceneModel:
         base = self.theta0 if base is None else np.asarray(base)
         lead = np.shape(samples[self._sites[0].name])[: -self._sites[0].idx.ndim] \
             if self._sites else ()
-        theta = np.array(np.broadcast_to(base, lead + base.shape), dtype=float)
+        out = np.broadcast_to(base, lead + base.shape).copy()
         for s in self._sites:
-            theta[..., s.idx] = np.asarray(samples[s.name])
-        return theta
+            out[..., s.idx] = np.asarray(samples[s.name])
+        return out
 
     def thawed_of(self, samples: dict) -> np.ndarray:
         """Thawed parameters (..., n_thawed), getParamNames() order, from site samples."""
