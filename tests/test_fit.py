@@ -670,3 +670,22 @@ def test_fit_crval_from_star_field():
     assert tr.optimize_loop(dchisq=1e-6)["converged"]
     # 10 stars of S/N ~ 350: the noise-implied error is ~1.3e-3 pixel per axis
     assert max_pixel_error() < 0.02
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's mallopt")
+@pytest.mark.parametrize("env, pad_mib", [({}, 128), ({"TRACTOR_PROB_MALLOC_PAD": "64"}, 64),
+                                          ({"TRACTOR_PROB_MALLOC_PAD": "0"}, 0),
+                                          ({"MALLOC_TOP_PAD_": "1000000"}, 0)])
+def test_import_sets_the_malloc_top_pad_unless_told_not_to(env, pad_mib):
+    """The fit's temporaries stay in the heap between calls (tractor_prob._keep_freed_memory);
+    mallopt reports success, and a user's own setting or TRACTOR_PROB_MALLOC_PAD=0 wins."""
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("TRACTOR_PROB_MALLOC_PAD", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")}
+    out = subprocess.run([sys.executable, "-c", "import tractor_prob; print(tractor_prob._MALLOC_TOP_PAD)"],
+                         capture_output=True, text=True, env=dict(clean, **env))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert int(out.stdout.split()[-1]) == pad_mib * 2**20

@@ -35,6 +35,43 @@ def _enable_compilation_cache():
 
 _enable_compilation_cache()
 
+
+#: MiB of freed memory glibc's malloc keeps at the top of the heap (see _keep_freed_memory)
+MALLOC_TOP_PAD_MIB = 128
+
+
+def _keep_freed_memory():
+    """Let glibc's malloc keep MALLOC_TOP_PAD_MIB of freed memory for the next allocations.
+
+    A jitted fit step allocates tens of MB of temporaries and frees them; with glibc's
+    default heap growth and trimming the next call gets fresh pages again, a page fault
+    per 4 KiB: measured, a third of the galaxy field's fit time (bench/RESULTS.md).  The
+    mmap threshold is set to glibc's own dynamic ceiling (32 MiB): setting a pad stops
+    glibc from raising it itself.  ``TRACTOR_PROB_MALLOC_PAD=<MiB>`` changes the
+    pad, ``=0`` leaves malloc alone, as does a process that set MALLOC_TOP_PAD_ or
+    GLIBC_TUNABLES.  Returns the pad set, in bytes (0: none).
+    """
+    import ctypes
+    import platform
+
+    mib = _os.environ.get("TRACTOR_PROB_MALLOC_PAD", str(MALLOC_TOP_PAD_MIB))
+    if (mib == "0" or platform.libc_ver()[0] != "glibc" or "MALLOC_TOP_PAD_" in _os.environ
+            or "GLIBC_TUNABLES" in _os.environ):
+        return 0
+    try:
+        pad = int(float(mib) * 2**20)
+        libc = ctypes.CDLL("libc.so.6")
+        M_TOP_PAD, M_MMAP_THRESHOLD = -2, -3
+        if libc.mallopt(M_TOP_PAD, pad) != 1:
+            return 0
+        libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
+    except (OSError, AttributeError, ValueError):
+        return 0
+    return pad
+
+
+_MALLOC_TOP_PAD = _keep_freed_memory()
+
 from .brightness import Flux, Fluxes, Mag, Mags, NanoMaggies  # noqa: E402
 from .engine import Tractor  # noqa: E402
 from .image import Image, Images  # noqa: E402
