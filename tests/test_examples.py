@@ -29,21 +29,13 @@ def _run(name, tmp_path, *extra):
     return res, out
 
 
-def _assert_pngs(out, names):
-    for n in names:
-        p = out / n
-        assert p.is_file(), f"{p} was not written"
-        assert p.stat().st_size > 1000, f"{p} is (nearly) empty"
-        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
 def _dlnp_lines(text):
     return [float(m) for m in re.findall(r"^dlnp (\S+)$", text, flags=re.M)]
 
 
-def test_01_single_star(tmp_path, capsys):
+def test_01_single_star(assert_pngs, tmp_path, capsys):
     res, out = _run("01_single_star", tmp_path)
-    _assert_pngs(out, ["1.png", "2.png", "3.png"])
+    assert_pngs(out, ["1.png", "2.png", "3.png"])
     text = capsys.readouterr().out
     # one 'dlnp' line per optimize() step, the last one below the stopping threshold
     dl = _dlnp_lines(text)
@@ -63,9 +55,9 @@ def test_01_single_star(tmp_path, capsys):
     assert len(res["derivative_names"]) == 3
 
 
-def test_02_two_stars_two_images(tmp_path, capsys):
+def test_02_two_stars_two_images(assert_pngs, tmp_path, capsys):
     res, out = _run("02_two_stars_two_images", tmp_path)
-    _assert_pngs(out, ["4.png", "5.png", "6.png"])
+    assert_pngs(out, ["4.png", "5.png", "6.png"])
     dl = _dlnp_lines(capsys.readouterr().out)
     assert len(dl) == res["steps"] and dl[-1] < 1e-3
     fits = res["sources"]
@@ -87,9 +79,9 @@ def test_02_two_stars_two_images(tmp_path, capsys):
 SEED_COUNTS, SEED_X, SEED_Y = 15848.9319246, 101.957357071, 106.001652903
 
 
-def test_03_radec_mags(tmp_path, capsys):
+def test_03_radec_mags(assert_pngs, tmp_path, capsys):
     res, out = _run("03_radec_mags", tmp_path)
-    _assert_pngs(out, ["radec.png"])
+    assert_pngs(out, ["radec.png"])
     text = capsys.readouterr().out
 
     # the seed's printout, line by line

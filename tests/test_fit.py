@@ -685,7 +685,8 @@ def test_import_sets_the_malloc_top_pad_unless_told_not_to(env, pad_mib):
 
     clean = {k: v for k, v in os.environ.items()
              if k not in ("TRACTOR_PROB_MALLOC_PAD", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")}
-    out = subprocess.run([sys.executable, "-c", "import tractor_prob; print(tractor_prob._MALLOC_TOP_PAD)"],
-                         capture_output=True, text=True, env=dict(clean, **env))
+    code = "import tractor_prob; print(tractor_prob._MALLOC_TOP_PAD)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(clean, **env))
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.split()[-1]) == pad_mib * 2**20

@@ -35,14 +35,6 @@ def _load(name):
     return mod
 
 
-def _assert_pngs(out, names):
-    for n in names:
-        p = out / n
-        assert p.is_file(), f"{p} was not written"
-        assert p.stat().st_size > 1000, f"{p} is (nearly) empty"
-        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
 def _mahalanobis2(truth, mean, cov, paths):
     d = np.array([truth[p] - mean[p] for p in paths])
     return float(d @ np.linalg.solve(cov, d))
@@ -84,10 +76,10 @@ def test_06_galsim_truth_matches_model():
 
 
 @pytest.mark.slow  # ~35-50 s on 2 shared cores, mostly compiling the Sersic model
-def test_06_sample_galaxy(tmp_path, capsys):
+def test_06_sample_galaxy(assert_pngs, tmp_path, capsys):
     out = tmp_path / "06"
     res = _load("06_sample_galaxy").main(["--out", str(out), "--seed", "42"])
-    _assert_pngs(out, ["corner.png", "trace.png", "ppc.png"])
+    assert_pngs(out, ["corner.png", "trace.png", "ppc.png"])
     text = capsys.readouterr().out
     assert re.search(r"^parameter\s+truth\s+MAP\s+stderr\s+median\s+sd", text, flags=re.M)
     paths = res["paths"]
@@ -121,10 +113,10 @@ def test_06_sample_galaxy(tmp_path, capsys):
 
 
 @pytest.mark.slow  # ~30-40 s on 2 shared cores: three compilations (MAP, two NUTS runs)
-def test_07_freeze_thaw(tmp_path, capsys):
+def test_07_freeze_thaw(assert_pngs, tmp_path, capsys):
     out = tmp_path / "07"
     res = _load("07_freeze_thaw").main(["--out", str(out), "--seed", "42"])
-    _assert_pngs(out, ["joint_corner.png", "flux_posteriors.png"])
+    assert_pngs(out, ["joint_corner.png", "flux_posteriors.png"])
     text = capsys.readouterr().out
     sig, sky, flux = "image0.psf.sigmas.param0", "image0.sky.sky", "source0.brightness.Flux"
     star = ["source0.pos.x", "source0.pos.y", flux]
@@ -171,7 +163,7 @@ def test_diagnostics_notebook_is_clean():
 
 
 @pytest.mark.slow  # ~25-35 s: kernel start, then MAP + 2 NUTS chains of a small galaxy
-def test_diagnostics_notebook(tmp_path):
+def test_diagnostics_notebook(assert_pngs, tmp_path):
     nbformat = pytest.importorskip(
         "nbformat", reason="executing the notebook needs nbformat, nbclient and ipykernel")
     nbclient = pytest.importorskip(
@@ -183,7 +175,7 @@ def test_diagnostics_notebook(tmp_path):
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
     out = tmp_path / "example-out" / "diagnostics"
-    _assert_pngs(out, ["trace.png", "sampler.png", "ppc.png"])
+    assert_pngs(out, ["trace.png", "sampler.png", "ppc.png"])
     assert (out / "posterior.nc").is_file() and (out / "full.nc").is_file()
     v = json.loads((out / "diagnostics.json").read_text())
     assert v["roundtrip"] is True
