@@ -675,6 +675,7 @@ def test_fit_crval_from_star_field():
 @pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc's mallopt")
 @pytest.mark.parametrize("env, pad_mib", [({}, 128), ({"TRACTOR_PROB_MALLOC_PAD": "64"}, 64),
                                           ({"TRACTOR_PROB_MALLOC_PAD": "0"}, 0),
+                                          ({"TRACTOR_PROB_MALLOC_PAD": "0.0"}, 0),
                                           ({"MALLOC_TOP_PAD_": "1000000"}, 0)])
 def test_import_sets_the_malloc_top_pad_unless_told_not_to(env, pad_mib):
     """The fit's temporaries stay in the heap between calls (tractor_prob._keep_freed_memory);

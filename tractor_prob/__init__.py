@@ -48,24 +48,31 @@ def _keep_freed_memory():
     per 4 KiB: measured, a third of the galaxy field's fit time (bench/RESULTS.md).  The
     mmap threshold is set to glibc's own dynamic ceiling (32 MiB): setting a pad stops
     glibc from raising it itself.  ``TRACTOR_PROB_MALLOC_PAD=<MiB>`` changes the
-    pad, ``=0`` leaves malloc alone, as does a process that set MALLOC_TOP_PAD_ or
+    pad, ``=0`` (or less) leaves malloc alone, as does a process that set MALLOC_TOP_PAD_ or
     GLIBC_TUNABLES.  Returns the pad set, in bytes (0: none).
     """
     import ctypes
     import platform
 
     mib = _os.environ.get("TRACTOR_PROB_MALLOC_PAD", str(MALLOC_TOP_PAD_MIB))
-    if (mib == "0" or platform.libc_ver()[0] != "glibc" or "MALLOC_TOP_PAD_" in _os.environ
+    try:
+        pad = int(float(mib) * 2**20)
+    except ValueError:
+        import warnings
+
+        warnings.warn(f"TRACTOR_PROB_MALLOC_PAD={mib!r} is not a number of MiB: malloc left "
+                      "alone", stacklevel=2)
+        return 0
+    if (pad <= 0 or platform.libc_ver()[0] != "glibc" or "MALLOC_TOP_PAD_" in _os.environ
             or "GLIBC_TUNABLES" in _os.environ):
         return 0
     try:
-        pad = int(float(mib) * 2**20)
         libc = ctypes.CDLL("libc.so.6")
         M_TOP_PAD, M_MMAP_THRESHOLD = -2, -3
         if libc.mallopt(M_TOP_PAD, pad) != 1:
             return 0
         libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
-    except (OSError, AttributeError, ValueError):
+    except (OSError, AttributeError):
         return 0
     return pad
 

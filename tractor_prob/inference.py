@@ -61,7 +61,7 @@ class MapResult:
         ``Tractor.getLogProb()`` at the optimum (``priors=False``: without the priors).
     """
 
-    def __init__(self, paths, values, covariance, converged, n_steps, log_prob):
+    def __init__(self, paths, values, covariance, converged, n_steps, log_prob, grad=None):
         self.paths = list(paths)
         self.values = dict(zip(self.paths, map(float, values)))
         self.covariance = covariance
@@ -72,7 +72,10 @@ class MapResult:
         self.converged = bool(converged)
         self.n_steps = int(n_steps)
         self.log_prob = float(log_prob)
-        self._grad = None  # see fit_map
+        #: d log_prob / d thawed parameters at the optimum where the fit left it (one-program
+        #: fits with priors), else None: lets sample() start a chain there without compiling
+        #: the potential's gradient again
+        self._grad = grad
 
     def __repr__(self):
         w = max([len(p) for p in self.paths] + [9])
@@ -132,11 +135,8 @@ def fit_map(tractor, steps: int = 100, tol: float = 1e-6, damp: float = 0.1,
     # moved them by less than tol in log-probability (or not at all); the one-program
     # loop's is at the final values
     cov = covariance(tractor, priors=priors, A=A)
-    res = MapResult(tractor.getParamNames(), tractor.getParams(), cov, converged, n, lnp)
-    # d log_prob / d thawed parameters at the optimum, where known (one-program fits):
-    # lets sample() start a chain there without compiling the potential's gradient again
-    res._grad = None if grad is None or not priors else grad
-    return res
+    return MapResult(tractor.getParamNames(), tractor.getParams(), cov, converged, n, lnp,
+                     grad=grad if priors else None)
 
 
 def covariance(tractor, priors: bool = True, A=None) -> np.ndarray:

@@ -160,20 +160,21 @@ def _unit_sizes(img, srcs, counts, part, cache=None):
     LATTICE_MIN_PIXELS pixels get step 1."""
     mogs = type(srcs[0])._unit_mogs(img, srcs, part, cache)
     noise = img.noise_sigma
-    fine = img.shape[0] * img.shape[1] <= LATTICE_MIN_PIXELS
     if mogs is None:
         r = max(s._stamp_radius(img, counts, part) for s in srcs)
-        if fine:
-            return r, 1, lambda: 1
-        b = min(s._stamp_step(img, counts, part) for s in srcs)
-        return r, b, lambda: min(s._stamp_step(img, counts, part, STEP_GROW) for s in srcs)
-    amps, means, covs = mogs
-    rcap = float(max(img.shape))
-    r = min(float(np.max(mog_radii(amps, means, covs, counts, noise, rcap))), rcap)
-    if fine:
+
+        def step(frac=1.0):
+            return min(s._stamp_step(img, counts, part, frac) for s in srcs)
+    else:
+        amps, means, covs = mogs
+        rcap = float(max(img.shape))
+        r = min(float(np.max(mog_radii(amps, means, covs, counts, noise, rcap))), rcap)
+
+        def step(frac=1.0):
+            return mog_step(amps, covs, counts, noise, frac * INTERP_CHI2)
+    if img.shape[0] * img.shape[1] <= LATTICE_MIN_PIXELS:
         return r, 1, lambda: 1
-    b = mog_step(amps, covs, counts, noise)
-    return r, b, lambda: mog_step(amps, covs, counts, noise, STEP_GROW * INTERP_CHI2)
+    return r, step(), lambda: step(STEP_GROW)
 
 
 def compile_tractor(tractor):
