@@ -345,8 +345,9 @@ def _galaxy_field(H, W, flux_scale=1.0, re_scale=1.0, seed=0):
 @pytest.mark.usefixtures("windowed_plans")
 def test_normal_matrix_equals_dense_jacobian_galaxies(H, W, flux_scale, re_scale, lattice):
     """The assembled J^T W J and J^T W r equal those of a dense jacfwd of the model images
-    with galaxies whose wings render on a coarse grid (psf.mog_step): the fitter's
-    derivatives are those of the one model (interpolation included)."""
+    with galaxies whose wings render on a coarse grid (psf.mog_step) and whose narrow
+    components render on windows of their stamps (scene.WINDOW_CHI2): the fitter's
+    derivatives are those of the one model (interpolation and windows included)."""
     from tractor_prob.scene import is_lattice
 
     tr = _galaxy_field(H, W, flux_scale, re_scale)
@@ -356,6 +357,7 @@ def test_normal_matrix_equals_dense_jacobian_galaxies(H, W, flux_scale, re_scale
     wing = [u for u, (g, p) in enumerate(plan.units) if p == 1]
     assert wing and all(ip.steps[u] > 1 for u in wing)  # coarse wings are in play
     assert any(is_lattice(ip, u) for u in wing) == lattice
+    assert any(win is not None for win in ip.windows)  # narrow components on windows
     data, weights = tr._pixels(fitter.c)
     A, g, lnp = (np.asarray(v) for v in fitter.system(theta, data, weights, pairs, pri))
     comp = fitter.c

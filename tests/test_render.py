@@ -414,6 +414,48 @@ def test_stamp_truncation_costs_less_than_stamp_chi2(name):
     np.testing.assert_allclose(model[inside], ref[inside], rtol=1e-12, atol=0)
 
 
+def test_mog_radii_is_the_documented_cut():
+    """psf.mog_radii (searched between single-component bounds) against its definition, for
+    random mixtures (elliptical, off-centre components, 1-20 of them, several thresholds):
+    the radius r is on the 0.25-pixel grid, the chi^2 beyond r is at most chi2 and beyond
+    r - 0.25 above it, unless r is clipped to [3 RMS sigmas, 8 widest sigmas]."""
+    from tractor_prob.psf import mog_radii
+
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        n, K = rng.integers(1, 6), rng.integers(1, 21)
+        sig = np.exp(rng.uniform(-2, 3.5, (n, K)))
+        q, th = rng.uniform(0.1, 1, (n, K)), rng.uniform(0, np.pi, (n, K))
+        c, sn = np.cos(th), np.sin(th)
+        covs = np.empty((n, K, 2, 2))
+        covs[..., 0, 0] = sig**2 * (c**2 + q**2 * sn**2)
+        covs[..., 1, 1] = sig**2 * (sn**2 + q**2 * c**2)
+        covs[..., 0, 1] = covs[..., 1, 0] = sig**2 * (1 - q**2) * c * sn
+        amps = rng.random((n, K))
+        means = rng.normal(0, rng.choice([0.0, 2.0]), (n, K, 2))
+        flux, noise, chi2 = np.exp(rng.uniform(0, 10)), np.exp(rng.uniform(-2, 2)), \
+            rng.choice([0.01, 0.001])
+        r = mog_radii(amps, means, covs, flux, noise, chi2=chi2)
+        lam = np.linalg.eigvalsh(covs)[..., 1]
+        det = np.linalg.det(covs)
+        off = np.hypot(means[..., 0], means[..., 1])
+        cc = (amps * flux / (2 * np.pi * np.sqrt(det) * noise)) ** 2 * np.pi * np.sqrt(det)
+
+        def beyond(j, rr):  # the documented chi^2 beyond radius rr of profile j
+            return np.sum(cc[j] * np.exp(-np.maximum(rr - off[j], 0.0) ** 2 / lam[j]))
+
+        rms = np.sqrt(np.sum(amps * lam, -1) / np.sum(amps, -1))
+        rmin, rmax = 3 * rms + off.max(-1), 8 * np.sqrt(lam.max(-1)) + off.max(-1)
+        for j in range(n):
+            if r[j] in (pytest.approx(rmin[j]), pytest.approx(rmax[j])):
+                continue  # clipped (the cut itself lies beyond: checked below)
+            assert rmin[j] < r[j] < rmax[j] and r[j] % 0.25 == 0
+            assert beyond(j, r[j]) <= chi2 < beyond(j, r[j] - 0.25), (r[j], j)
+        clipped = [j for j in range(n) if r[j] == pytest.approx(rmax[j])]
+        for j in clipped:  # clipped at 8 widest sigmas: the cut would lie further out
+            assert beyond(j, r[j] - 0.25) > chi2
+
+
 # --------------------------------------------------------------------------- coarse grids
 render_stamp = jax.jit(mog.render_stamp, static_argnums=(5, 6, 7))
 
@@ -510,6 +552,39 @@ def test_coarse_render_units_cost_less_than_interp_chi2():
         # each coarse unit's error is below INTERP_CHI2; a source's units add coherently
         assert chi2s[-1] <= n_coarse**2 * INTERP_CHI2
     assert max(chi2s) > 0
+
+
+@pytest.mark.usefixtures("windowed_plans")
+def test_component_windows_cost_less_than_window_chi2(monkeypatch):
+    """The documented rule at work: galaxies whose narrow components render on a window of
+    their stamp differ from the same stamps rendered whole by less than WINDOW_CHI2 of chi^2
+    each, also where the stamp (and the window in it) is clipped at the image's edge."""
+    from tractor_prob.galaxy import CompositeGalaxy, DevGalaxy, EllipseE, ExpGalaxy
+    from tractor_prob.sersic import SersicGalaxy, SersicIndex
+
+    H, W = 150, 170
+    sigma_n = 1.0
+    psf = GaussianMixturePSF([0.8, 0.2], np.zeros((2, 2)),
+                             np.array([np.eye(2) * 1.6**2, np.eye(2) * 3.5**2]))
+    img = Image(data=np.zeros((H, W)), invvar=np.full((H, W), 1 / sigma_n**2), psf=psf)
+    srcs = [DevGalaxy(PixPos(60.3, 66.8), Flux(5000.0), EllipseE(5.0, 0.3, -0.2)),
+            DevGalaxy(PixPos(2.6, 147.1), Flux(3000.0), EllipseE(4.0, -0.1, 0.1)),  # corner
+            ExpGalaxy(PixPos(120.6, 40.4), Flux(3000.0), EllipseE(6.0, 0.2, 0.2)),
+            SersicGalaxy(PixPos(150.2, 120.9), Flux(4000.0), EllipseE(3.0, 0.0, 0.4),
+                         SersicIndex(2.5)),
+            CompositeGalaxy(PixPos(90.1, 20.3), Flux(2000.0), EllipseE(5.0, 0.1, 0.0),
+                            Flux(2000.0), EllipseE(2.0, 0.0, 0.1))]
+    tr = Tractor([img], srcs)
+    ip = tr._compile()[0].plan.images[0]
+    assert sum(w is not None for w in ip.windows) >= 4  # every kind of galaxy has one
+    models = [tr.getModelImage(0, srcs=[s], sky=False) for s in srcs]
+    monkeypatch.setattr(scene_mod, "_unit_window", lambda *a, **k: None)
+    whole = Tractor([img], srcs)
+    assert all(w is None for w in whole._compile()[0].plan.images[0].windows)
+    for m, s in zip(models, srcs):
+        ref = whole.getModelImage(0, srcs=[s], sky=False)
+        chi2 = np.sum(((m - ref) / sigma_n) ** 2)
+        assert 0 < chi2 < scene_mod.WINDOW_CHI2, (s, chi2)
 
 
 # --------------------------------------------------------------------------- retracing

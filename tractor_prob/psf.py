@@ -47,12 +47,13 @@ def mog_radius(amps, means, covs, flux=None, noise=None) -> float:
                            np.asarray(covs, float)[None], flux, noise)[0])
 
 
-def mog_radii(amps, means, covs, flux=None, noise=None, rcap=None):
+def mog_radii(amps, means, covs, flux=None, noise=None, rcap=None, chi2=STAMP_CHI2):
     """``mog_radius`` of n profiles at once: amps (n, K), means (n, K, 2), covs (n, K, 2, 2).
 
     The radius is found on a 0.25-pixel grid (the last grid radius whose outside chi^2
-    exceeds STAMP_CHI2, plus 0.25) by bisection; with ``rcap`` the search stops there (radii
-    above it come out >= rcap, for callers that cap them at rcap)."""
+    exceeds ``chi2`` (STAMP_CHI2), plus 0.25), searched between bounds from the single
+    components; with ``rcap`` the search stops there (radii above it come out >= rcap, for
+    callers that cap them at rcap)."""
     amps = np.abs(np.asarray(amps, float))
     means = np.asarray(means, float)
     lam, det = _cov_terms(np.asarray(covs, float))
@@ -67,18 +68,27 @@ def mog_radii(amps, means, covs, flux=None, noise=None, rcap=None):
     peak = amps * abs(flux) / (2 * np.pi * np.sqrt(det) * noise)
     c = peak**2 * np.pi * np.sqrt(det)
 
-    def above(i):  # chi^2 beyond r = 0.25 i exceeds STAMP_CHI2 (non-increasing in i)
-        d = np.maximum(0.25 * i[:, None] - off, 0.0)
-        return np.sum(c * np.exp(-(d**2) / lam), axis=-1) > STAMP_CHI2
+    def above(i):  # chi^2 beyond r = 0.25 i (n, ...) exceeds ``chi2`` (non-increasing in i)
+        e = (slice(None),) + (None,) * (i.ndim - 1)  # per-profile arrays against i's axes
+        d = np.maximum(0.25 * i[..., None] - off[e], 0.0)
+        return np.sum(c[e] * np.exp(-(d**2) / lam[e]), axis=-1) > chi2
 
-    n = len(rmax)
+    # bracket from single components: below the largest radius at which one component alone
+    # holds chi2 beyond it, the sum does too (above); where every component holds at most
+    # chi2 / K, the sum holds at most chi2 (not above).  One grid point of safety each side.
+    K = c.shape[-1]
+    with np.errstate(divide="ignore"):
+        r1 = np.where(c > chi2, off + np.sqrt(lam * np.log(np.maximum(c / chi2, 1.0))), -1.0)
+        rK = off + np.sqrt(lam * np.log(np.maximum(K * c / chi2, 1.0)))
     top = rmax.max() if rcap is None else min(rmax.max(), rcap)
-    hi = np.full(n, int(np.ceil(top / 0.25)) + 2)  # not above (clipped to rmax or rcap anyway)
-    lo = np.full(n, -1)  # above (sentinel)
-    if n * hi[0] * c.shape[-1] <= 40000:  # small: the whole grid at once
-        d = np.maximum(0.25 * np.arange(hi[0])[None, :, None] - off[:, None, :], 0.0)
-        ab = np.sum(c[:, None, :] * np.exp(-(d**2) / lam[:, None, :]), axis=-1) > STAMP_CHI2
-        lo = np.where(ab.any(axis=1), hi[0] - 1 - np.argmax(ab[:, ::-1], axis=1), -1)
+    hi_cap = int(np.ceil(top / 0.25)) + 2  # not above (clipped to rmax or rcap anyway)
+    hi = np.minimum(np.ceil(4 * rK.max(axis=-1)).astype(int) + 1, hi_cap)
+    lo = np.minimum(np.maximum(np.ceil(4 * r1.max(axis=-1)).astype(int) - 2, -1), hi - 1)
+    width = int((hi - lo).max()) - 1
+    if width > 0 and len(lo) * width * K <= 40000:  # the bracket's grid at once
+        i = lo[:, None] + 1 + np.arange(width)[None, :]
+        ab = above(np.maximum(i, 0)) & (i < hi[:, None])
+        lo = np.where(ab.any(axis=1), lo + width - np.argmax(ab[:, ::-1], axis=1), lo)
         hi = lo + 1
     while np.any(hi - lo > 1):
         mid = (lo + hi) // 2

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .params import Spec
-from .psf import INTERP_CHI2, mog_radii, mog_step
+from .psf import INTERP_CHI2, STAMP_CHI2, _cov_terms, mog_radii, mog_step
 from .render import mog
 
 __all__ = ["Plan", "Compiled", "compile_tractor", "get_compiled", "ImageContext"]
@@ -79,6 +79,7 @@ class ImagePlan(NamedTuple):
     shape: tuple  # (H, W)
     stamps: tuple  # (Sy, Sx) stamp size of each render unit in these images
     steps: tuple  # coarse-grid step of each render unit (1 = every pixel; psf.mog_step)
+    windows: tuple  # per render unit: None, or (narrow component indices, (Wy, Wx)) (_unit_window)
     members: tuple  # image indices
     offsets: tuple  # index of each member's first parameter in theta
 
@@ -115,6 +116,14 @@ SIZING_RTOL, SIZING_ATOL = 1e-3, 1e-4
 #: interpolation chi^2 is below this fraction of psf.INTERP_CHI2 (it shrinks as soon as
 #: the current step's estimate exceeds INTERP_CHI2)
 STEP_GROW = 0.25
+#: a render unit of many components (a galaxy's profile x PSF) whose narrow components need
+#: far less than its stamp evaluates them on a window of the stamp centred on the source:
+#: what they leave out beyond the window holds less than WINDOW_CHI2 of chi^2 (a tenth of
+#: psf.STAMP_CHI2, so the window adds little to the stamp's own cut) ...
+WINDOW_CHI2 = 0.1 * STAMP_CHI2
+#: ... where it saves at least this fraction of the unit's pixel evaluations; a window kept
+#: from the last sizing stays while it costs at most WINDOW_KEEP times the best split
+WINDOW_MIN_SAVING, WINDOW_KEEP = 0.25, 1.25
 
 
 def _stamp_size(r: float, H: int, W: int) -> tuple:
@@ -148,16 +157,71 @@ def _merge_full_parts(group_plans, units, sizes, img_specs):
     group_plans = tuple(gp._replace(parts=(None,)) if g in merge else gp
                         for g, gp in enumerate(group_plans))
     keep = [u for u, (g, p) in enumerate(units) if g not in merge or p == 0]
-    sizes = [([st[u] for u in keep], [sp[u] for u in keep]) for st, sp in sizes]
+    # (a merged unit holds all its group's components: no window sized for one part)
+    sizes = [(*([x[u] for u in keep] for x in sz[:2]),
+              [None if units[u][0] in merge else sz[2][u] for u in keep]) for sz in sizes]
     return group_plans, _units(group_plans), sizes
 
 
+def _unit_window(amps, covs, counts, noise, stamp, old=None):
+    """Component window of a render unit (see WINDOW_CHI2): None, or (indices of the narrow
+    components, (Wy, Wx) window size), for the unit's convolved components ``amps`` (n, K)
+    and ``covs`` (n, K, 2, 2) (pixels) at the brightest source's ``counts``.
+
+    Components are ranked by their own radius; of the splits into the narrowest m and the
+    rest, the one evaluating the fewest pixels (m Wy Wx + (K - m) Sy Sx) wins, ranked by a
+    closed-form bound on each split's window (every component cut where it holds
+    WINDOW_CHI2 / m) and sized by psf.mog_radii.  ``old``: the window of the last sizing,
+    kept while it still holds its components, costs at most WINDOW_KEEP times the best
+    split and (same split) has not shrunk below STAMP_SHRINK of its size (a changed window
+    is a new plan: a recompilation)."""
+    n, K = amps.shape
+    Sy, Sx = stamp
+    if K <= 2 or not noise > 0:
+        return None
+    lam, det = _cov_terms(covs)
+    c = (np.abs(amps) * counts / (2 * np.pi * noise)) ** 2 * np.pi / np.sqrt(det)
+    # r[m - 1, k]: radius beyond which component k holds WINDOW_CHI2 / m (max over sources)
+    m = np.arange(1, K)[:, None, None]
+    r = np.sqrt(lam * np.log(np.maximum(c * m / WINDOW_CHI2, 1.0))).max(axis=1)
+    rank = np.argsort(np.argsort(r[0], kind="stable"), kind="stable")
+    narrow = rank[None, :] < m[:, 0]  # (K - 1, K): split m keeps the m narrowest
+    bounds = np.where(narrow, r, 0.0).max(axis=1)
+
+    def cost(idx, W):
+        return len(idx) * W[0] * W[1] + (K - len(idx)) * Sy * Sx
+
+    splits = [tuple(np.flatnonzero(k).tolist()) for k in narrow]
+    best = min(zip(splits, bounds), key=lambda s: cost(s[0], _stamp_size(s[1], Sy, Sx)))[0]
+
+    def window(idx):  # exact window size of components idx (psf.mog_radii)
+        i = list(idx)
+        r = mog_radii(amps[:, i], np.zeros((n, len(i), 2)), covs[:, i], counts, noise,
+                      max(stamp), WINDOW_CHI2)
+        return _stamp_size(float(r.max()), Sy, Sx)
+
+    def holds(W, W_old):
+        return W[0] <= W_old[0] <= Sy and W[1] <= W_old[1] <= Sx
+
+    W = window(best)
+    if old is not None and old[0] != best and max(old[0]) < K:
+        if holds(window(old[0]), old[1]) and cost(*old) <= WINDOW_KEEP * cost(best, W):
+            return old
+    if cost(best, W) > (1 - WINDOW_MIN_SAVING) * K * Sy * Sx:
+        return None
+    if old is not None and old[0] == best and holds(W, old[1]) \
+            and min(W) >= STAMP_SHRINK * min(old[1]):
+        W = old[1]  # same split: its window shrinks only well below its size (as stamps)
+    return best, W
+
+
 def _unit_sizes(img, srcs, counts, part, cache=None):
-    """(stamp radius, coarse-grid step, f() -> step at STEP_GROW x INTERP_CHI2) of a render
-    unit: the largest radius and the smallest step over its sources, all sized at the
+    """(stamp radius, coarse-grid step, f() -> step at STEP_GROW x INTERP_CHI2, mogs) of a
+    render unit: the largest radius and the smallest step over its sources, all sized at the
     brightest source's ``counts`` (psf.mog_radius, psf.mog_step).  The radius is capped at
     the image's larger side (stamps never exceed the image); images of at most
-    LATTICE_MIN_PIXELS pixels get step 1."""
+    LATTICE_MIN_PIXELS pixels get step 1.  ``mogs``: the sources' convolved (amps, means,
+    covs) where their kind provides them (``_unit_mogs``), else None."""
     mogs = type(srcs[0])._unit_mogs(img, srcs, part, cache)
     noise = img.noise_sigma
     if mogs is None:
@@ -173,8 +237,8 @@ def _unit_sizes(img, srcs, counts, part, cache=None):
         def step(frac=1.0):
             return mog_step(amps, covs, counts, noise, frac * INTERP_CHI2)
     if img.shape[0] * img.shape[1] <= LATTICE_MIN_PIXELS:
-        return r, 1, lambda: 1
-    return r, step(), lambda: step(STEP_GROW)
+        return r, 1, lambda: 1, mogs
+    return r, step(), lambda: step(STEP_GROW), mogs
 
 
 def compile_tractor(tractor):
@@ -216,11 +280,11 @@ def compile_tractor(tractor):
     memo = tractor.__dict__.setdefault("_stamp_memo", {})
     sized = tractor.__dict__.setdefault("_sizing_memo", {})
     vals = np.asarray(values, dtype=np.float64)
-    sizes = []  # per image: (stamps, steps) per render unit
+    sizes = []  # per image: (stamps, steps, windows) per render unit
     for i, (spec, off, img) in enumerate(img_specs):
         H, W = img.shape
-        stamps, steps = [], []
-        sizes.append((stamps, steps))
+        stamps, steps, windows = [], [], []
+        sizes.append((stamps, steps, windows))
         counts_of, cache = {}, {}
         for g, p in units:
             gp = group_plans[g]
@@ -234,12 +298,13 @@ def compile_tractor(tractor):
                     inputs, last[0], rtol=SIZING_RTOL, atol=SIZING_ATOL):
                 stamps.append(last[1])
                 steps.append(last[2])
+                windows.append(last[3])
                 continue
             srcs = [catalog.subs[j] for j in gp.members]
             if g not in counts_of:
                 counts_of[g] = max(abs(s._stamp_counts(img)) for s in srcs)
             counts = counts_of[g]
-            r, b, loose = _unit_sizes(img, srcs, counts, gp.parts[p], cache)
+            r, b, loose, mogs = _unit_sizes(img, srcs, counts, gp.parts[p], cache)
             r_old = memo.get(key, 0.0)
             if r_old * STAMP_SHRINK <= r < r_old:
                 r = r_old
@@ -250,17 +315,22 @@ def compile_tractor(tractor):
                 b = max(b_old, loose())
             memo[key + ("step",)] = b
             steps.append(b)
-            sized[skey] = (inputs, stamps[-1], b)
+            win = None
+            if mogs is not None and b == 1:
+                win = _unit_window(mogs[0], mogs[2], counts, img.noise_sigma, stamps[-1],
+                                   memo.get(key + ("window",)))
+            memo[key + ("window",)] = win
+            windows.append(win)
+            sized[skey] = (inputs, stamps[-1], b, win)
     group_plans, units, sizes = _merge_full_parts(group_plans, units, sizes, img_specs)
     image_groups: dict = {}
     for i, (spec, off, img) in enumerate(img_specs):
-        stamps, steps = sizes[i]
-        key = (spec, tuple(img.shape), tuple(stamps), tuple(steps))
+        key = (spec, tuple(img.shape)) + tuple(tuple(x) for x in sizes[i])
         members = image_groups.setdefault(key, ([], []))
         members[0].append(i)
         members[1].append(off)
-    image_plans = tuple(ImagePlan(spec, shape, stamps, steps, tuple(m), tuple(o))
-                        for (spec, shape, stamps, steps), (m, o) in image_groups.items())
+    image_plans = tuple(ImagePlan(spec, shape, stamps, steps, windows, tuple(m), tuple(o))
+                        for (spec, shape, stamps, steps, windows), (m, o) in image_groups.items())
     plan = Plan(len(values), len(catalog.subs), len(images.subs), image_plans, group_plans, units)
     theta = np.array(values, dtype=np.float64)
     thawed = np.array(thawed, dtype=bool)
@@ -362,18 +432,30 @@ class Compiled:
             ctx = ImageContext(ip.spec, img_vals)
             amps, means, covs = self._part(u, *gs.cls._jax_mog(gs, v, ctx))
             A, M, C = mog.convolve(amps, means, covs, *ctx.psf_mog())
-            return self._native(ig, u, A, M, C, ox, oy)
+            cx, cy = gs.cls._jax_center(gs, v, ctx)
+            return self._native(ig, u, A, M, C, ox, oy, cx, cy)
 
         return f
 
-    def _native(self, ig, u, A, M, C, ox, oy):
-        """Native stamp of one source (see stamp_fn) from its PSF-convolved MoG."""
+    def _native(self, ig, u, A, M, C, ox, oy, cx, cy):
+        """Native stamp of one source centred at (cx, cy) (see stamp_fn) from its
+        PSF-convolved MoG; a unit with a component window (``_unit_window``) evaluates its
+        narrow components on that window only."""
         ip = self.plan.images[ig]
         (Sy, Sx), step = ip.stamps[u], ip.steps[u]
         if is_lattice(ip, u):
             return mog.eval_stamp(A, M, C, ox - step, oy - step, mog.n_nodes(Sy, step),
                                   mog.n_nodes(Sx, step), step)
-        return mog.render_stamp(A, M, C, ox, oy, Sy, Sx, step)
+        if ip.windows[u] is None:
+            return mog.render_stamp(A, M, C, ox, oy, Sy, Sx, step)
+        narrow, (Wy, Wx) = ip.windows[u]
+        narrow = np.asarray(narrow)
+        wide = np.setdiff1d(np.arange(A.shape[0]), narrow)
+        stamp = mog.eval_stamp(A[wide], M[wide], C[wide], ox, oy, Sy, Sx)
+        wx, wy = mog.stamp_origin(cx - ox, cy - oy, Wy, Wx, Sy, Sx)  # within the stamp
+        win = mog.eval_stamp(A[narrow], M[narrow], C[narrow], ox + wx, oy + wy, Wy, Wx)
+        return jax.lax.dynamic_update_slice(
+            stamp, jax.lax.dynamic_slice(stamp, (wy, wx), (Wy, Wx)) + win, (wy, wx))
 
     def add_unit(self, ig, u, model, stamps, ox, oy):
         """Add the native stamps (n, ...) of render unit u's sources into the model image:
@@ -418,7 +500,8 @@ class Compiled:
                 Sy, Sx = ip.stamps[u]
                 ox, oy = mog.stamp_origin(cx, cy, Sy, Sx, *ip.shape)
                 A, M, C = mog.convolve(*self._part(u, amps, means, covs), *psf)
-                stamps = jax.vmap(lambda *a, u=u: self._native(ig, u, *a))(A, M, C, ox, oy)
+                stamps = jax.vmap(lambda *a, u=u: self._native(ig, u, *a))(A, M, C, ox, oy,
+                                                                          cx, cy)
                 model = self.add_unit(ig, u, model, stamps, ox, oy)
         return model + sky_on * ctx.sky()
 
