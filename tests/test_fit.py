@@ -422,6 +422,44 @@ def test_plan_widens_large_stamps_to_the_image_and_merges_their_parts():
     assert np.abs(full - windowed).max() < 1e-3 * full.max()
 
 
+def test_pair_lists_keep_their_length_while_pairs_drift():
+    """build_pairs with the engine's memory: a pair list does not shrink to the next padded
+    length when a pair or two separate (that would recompile the fit step), only when its
+    pairs fill less than fit.PAIR_SHRINK of it; without memory it takes the tight length."""
+    from tractor_prob.fit import PAIR_SHRINK, build_pairs
+
+    H, W = 40, 200
+    img = Image(data=np.zeros((H, W)), invvar=np.ones((H, W)),
+                psf=NCircularGaussianPSF([1.5], [1.0]))
+    # a row of 8 stars 8 px apart: 7 overlapping neighbours (and some next-neighbours)
+    tr = Tractor([img], [PointSource(PixPos(20.0 + 8 * i, 20.0), Flux(500.0)) for i in range(8)])
+    comp, theta, thawed, _ = tr._compile()
+    free = np.ones(8, bool)
+    origins = jax.tree_util.tree_map(np.asarray, comp.origins(theta))
+    (p1, p2, valid), = build_pairs(comp.plan, origins, free)[0]
+    n0, P0 = int(valid.sum()), valid.shape[1]
+    memo = {}
+    build_pairs(comp.plan, origins, free, memo)
+
+    def moved(k):  # the last k stars' stamps moved far to the right: their pairs are gone
+        ox = origins[0][0][0].copy()
+        ox[0, 8 - k:] = W - comp.plan.images[0].stamps[0][1] - np.arange(k) * 60
+        return ((ox, origins[0][0][1], origins[0][0][2], origins[0][0][3]),),
+
+    for k in range(1, 8):
+        (_, _, v), = build_pairs(comp.plan, moved(k), free)[0]
+        (_, _, vm), = build_pairs(comp.plan, moved(k), free, dict(memo))[0]
+        n = int(v.sum())
+        assert n == int(vm.sum()) and n <= n0
+        if n > PAIR_SHRINK * P0:
+            assert vm.shape[1] == P0
+        else:
+            assert vm.shape[1] == v.shape[1] < P0
+    assert any(int(build_pairs(comp.plan, moved(k), free)[0][0][2].sum()) > PAIR_SHRINK * P0
+               and build_pairs(comp.plan, moved(k), free)[0][0][2].shape[1] < P0
+               for k in range(1, 8))  # the case the memory is for
+
+
 # --------------------------------------------------------------------------- optimize
 def _star_image(truth, shape=(31, 31), sigma_psf=2.0, sigma_n=1.0, seed=0, sky=0.0):
     x, y, F = truth

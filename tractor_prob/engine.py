@@ -237,7 +237,8 @@ class Tractor(MultiParams):
         fitter = get_fitter(comp, thawed)
         origins = jax_to_numpy(comp.origins(theta))
         self._check_on_images(comp.plan, origins, fitter.source_free)
-        pairs = build_pairs(comp.plan, origins, fitter.source_free)
+        pairs = build_pairs(comp.plan, origins, fitter.source_free,
+                            self.__dict__.setdefault("_pair_memo", {}))
         pri = fitter.prior_arrays(priors, thawed)
         return fitter, theta, pairs, pri
 

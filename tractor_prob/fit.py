@@ -52,13 +52,20 @@ def _bucket(n: int, possible: bool) -> int:
     return k
 
 
-def build_pairs(plan, origins, source_free):
+#: a pair list keeps its padded length (``_bucket``) while its pairs fill more than this
+#: fraction of it: a fit whose pairs drift across a bucket boundary and back (66 -> 64
+#: pairs of stars) does not shrink the list's shape, which would recompile its step
+PAIR_SHRINK = 0.6
+
+
+def build_pairs(plan, origins, source_free, memo=None):
     """Pairs of sources whose stamps overlap, per image group and pair of render units.
 
     ``origins``: what ``Compiled.origins`` returns (numpy); ``source_free``:
     bool (n_src,) whether a source has any thawed parameter.  Returns, per
     image group, a tuple over units (u1 <= u2) of (p1, p2, valid) arrays of shape
-    (n_images_in_group, P), padded to a common power-of-two length P.
+    (n_images_in_group, P), padded to a common power-of-two length P.  ``memo``: a dict
+    kept by the caller across calls, for the PAIR_SHRINK rule (None: no memory).
     """
     out = []
     U = len(plan.units)
@@ -87,7 +94,16 @@ def build_pairs(plan, origins, source_free):
                             and not full)
                 if not possible:
                     found = [(np.zeros(0, np.int64),) * 2 for _ in found]
-                n = _bucket(max(len(p[0]) for p in found), possible)
+                need = max(len(p[0]) for p in found)
+                n = _bucket(need, possible)
+                if memo is not None:
+                    if len(memo) > 1024:  # (keys hold plans: keep it bounded)
+                        memo.clear()
+                    key = (plan, ig, u1, u2)
+                    last = memo.get(key, 0)
+                    if n < last and need > PAIR_SHRINK * last:
+                        n = last
+                    memo[key] = n
                 p1 = np.zeros((len(found), n), np.int32)
                 p2 = np.zeros((len(found), n), np.int32)
                 valid = np.zeros((len(found), n))
