@@ -84,10 +84,10 @@ def eval_stamp(amps, means, covs, ox, oy, size: int, size_x: int | None = None, 
 #: mixtures of up to UNROLL_MAX components are evaluated by unrolled code; longer ones by a
 #: loop, SCAN_UNROLL components per iteration (compile time grows with unrolled code; one
 #: per iteration also gave the fastest reverse-mode gradient of a 12-component Sersic).
-#: 4 rather than 2: the 4 wide components of a deV core outside its component window
-#: (scene._unit_window) then skip the loop's zero-filled carry; one step of the benchmark
-#: field 5% faster, 8 or 16 gained 2% more for 1-3 s more compilation
-UNROLL_MAX = 4
+#: Measured on the benchmark field with component windows (scene._unit_window): 4 makes a
+#: fit step 5% faster (the deV cores' 4 wide components skip the loop's zero-filled carry)
+#: but its first fit compiles 5.7 s longer (46 vs 40 s, pinned); 8 or 16 gain 2% more
+UNROLL_MAX = 2
 SCAN_UNROLL = 1
 
 
