@@ -6,7 +6,7 @@ sources of a kind), and the normal matrix J^T W J is assembled from
 
 - per-source diagonal blocks (stamp x stamp),
 - blocks for pairs of sources whose stamps overlap (a list built from the
-  current stamp origins, padded to a power-of-two length so that it rarely
+  current stamp origins, padded (``_bucket``, ``PAIR_SHRINK``) so that it rarely
   changes shape),
 - dense columns only for thawed image calibration parameters (sky, PSF, WCS),
   which touch every pixel, and their cross terms with the stamps.
@@ -64,7 +64,7 @@ def build_pairs(plan, origins, source_free, memo=None):
     ``origins``: what ``Compiled.origins`` returns (numpy); ``source_free``:
     bool (n_src,) whether a source has any thawed parameter.  Returns, per
     image group, a tuple over units (u1 <= u2) of (p1, p2, valid) arrays of shape
-    (n_images_in_group, P), padded to a common power-of-two length P.  ``memo``: a dict
+    (n_images_in_group, P), padded to a common length P (``_bucket``).  ``memo``: a dict
     kept by the caller across calls, for the PAIR_SHRINK rule (None: no memory).
     """
     out = []
