@@ -77,9 +77,8 @@ def mog_radii(amps, means, covs, flux=None, noise=None, rcap=None, chi2=STAMP_CH
     # holds chi2 beyond it, the sum does too (above); where every component holds at most
     # chi2 / K, the sum holds at most chi2 (not above).  One grid point of safety each side.
     K = c.shape[-1]
-    with np.errstate(divide="ignore"):
-        r1 = np.where(c > chi2, off + np.sqrt(lam * np.log(np.maximum(c / chi2, 1.0))), -1.0)
-        rK = off + np.sqrt(lam * np.log(np.maximum(K * c / chi2, 1.0)))
+    r1 = np.where(c > chi2, off + np.sqrt(lam * np.log(np.maximum(c / chi2, 1.0))), -1.0)
+    rK = off + np.sqrt(lam * np.log(np.maximum(K * c / chi2, 1.0)))
     top = rmax.max() if rcap is None else min(rmax.max(), rcap)
     hi_cap = int(np.ceil(top / 0.25)) + 2  # not above (clipped to rmax or rcap anyway)
     hi = np.minimum(np.ceil(4 * rK.max(axis=-1)).astype(int) + 1, hi_cap)

@@ -178,9 +178,8 @@ def _unit_window(amps, covs, counts, noise, stamp, old=None):
     rest, the one evaluating the fewest pixels (m Wy Wx + (K - m) Sy Sx) wins, ranked by a
     closed-form bound on each split's window (every component cut where it holds
     WINDOW_CHI2 / m) and sized by psf.mog_radii.  ``old``: the window of the last sizing,
-    kept while it still holds its components, costs at most WINDOW_KEEP times the best
-    split and (same split) has not shrunk below STAMP_SHRINK of its size (a changed window
-    is a new plan: a recompilation)."""
+    kept while it still holds its components and costs at most WINDOW_KEEP times the best
+    split (a changed window is a new plan: a recompilation)."""
     n, K = amps.shape
     Sy, Sx = stamp
     if K <= 2 or not noise > 0:
@@ -206,18 +205,14 @@ def _unit_window(amps, covs, counts, noise, stamp, old=None):
                       max(stamp), WINDOW_CHI2)
         return _stamp_size(float(r.max()), Sy, Sx)
 
-    def holds(W, W_old):
-        return W[0] <= W_old[0] <= Sy and W[1] <= W_old[1] <= Sx
-
     W = window(best)
-    if old is not None and old[0] != best and max(old[0]) < K:
-        if holds(window(old[0]), old[1]) and cost(*old) <= WINDOW_KEEP * cost(best, W):
+    if old is not None and max(old[0]) < K:
+        W_need = W if old[0] == best else window(old[0])
+        if (W_need[0] <= old[1][0] <= Sy and W_need[1] <= old[1][1] <= Sx
+                and cost(*old) <= WINDOW_KEEP * cost(best, W)):
             return old
     if cost(best, W) > (1 - WINDOW_MIN_SAVING) * K * Sy * Sx:
         return None
-    if old is not None and old[0] == best and holds(W, old[1]) \
-            and min(W) >= STAMP_SHRINK * min(old[1]):
-        W = old[1]  # same split: its window shrinks only well below its size (as stamps)
     return best, W
 
 
