@@ -507,6 +507,71 @@ def test_optimize_contract():
     assert abs(x - truth[0]) < 0.2 and abs(y - truth[1]) < 0.2 and abs(F / truth[2] - 1) < 0.1
 
 
+@pytest.mark.parametrize("n_stars", [1, 7])  # 4 parameters (LAPACK) / 22 (Cholesky loops)
+def test_chord_steps_reuse_the_last_normal_matrix(n_stars):
+    """After a small step, optimize() solves with that step's normal matrix and a fresh
+    gradient (fit.CHORD_STEP): X = A_last^-1 g, dlnp exact; a fresh matrix again after the
+    user sets values, and when a chord step does not improve; the loop reaches the optimum
+    of plain Gauss-Newton steps."""
+    from tractor_prob.fit import CHORD_STEP
+
+    rng = np.random.default_rng(3)
+    truth = [(8.0 + 9 * (i % 4) + rng.uniform(), 9.0 + 12 * (i // 4) + rng.uniform(),
+              rng.uniform(300, 900)) for i in range(n_stars)]
+    shape = (34, 44)
+    xx, yy = grid(shape)
+    data = sum(F * gauss(xx, yy, x, y, 2.0) for x, y, F in truth) + rng.normal(0, 1, shape)
+    img = Image(data=data, invvar=np.ones(shape), psf=NCircularGaussianPSF([2.0], [1.0]))
+    img.sky = ConstantSky(0.0)
+    img.freezeParam("psf")
+    srcs = [PointSource(PixPos(x + 0.05, y - 0.04), Flux(F * 1.01)) for x, y, F in truth]
+    tr = Tractor([img], srcs)
+    p_start = tr.getParams()
+
+    def system():
+        fitter, theta, pairs, pri = tr._fit_inputs()
+        data, weights = tr._pixels(fitter.c)
+        A, g, lnp = fitter.system(theta, data, weights, pairs, pri)
+        return np.asarray(A), np.asarray(g), float(lnp)
+
+    A1, _, _ = system()
+    dlnp, X, alpha, A, _ = tr._step(chord=True)  # a fresh step
+    assert A is not None and alpha == 1.0
+    np.testing.assert_allclose(A, A1, rtol=1e-12, atol=0)
+    assert np.max(np.abs(X) * np.sqrt(np.diag(A1))) < CHORD_STEP  # small: the next may chord
+    A2, g2, lnp2 = system()
+    dlnp, X, alpha, A, lnp3 = tr._step(chord=True)
+    assert A is None  # a chord step
+    np.testing.assert_allclose(X, np.linalg.solve(A1, g2), rtol=1e-7, atol=1e-12)
+    assert not np.allclose(X, np.linalg.solve(A2, g2), rtol=1e-7, atol=1e-12)
+    assert dlnp > 0 and abs(tr.getLogProb() - lnp2 - dlnp) < 1e-9 * abs(lnp2)
+    assert lnp3 == pytest.approx(tr.getLogProb(), rel=1e-12)
+
+    # values set by the user: a fresh step
+    tr.setParams(list(np.array(tr.getParams()) + 1e-3))
+    assert tr._step(chord=True)[3] is not None
+    # a chord step that does not improve is replaced by a fresh one
+    assert "_chord" in tr.__dict__  # (the fresh step above was small)
+    key, theta, (L, d), size, keep = tr.__dict__["_chord"]
+    tr.__dict__["_chord"] = (key, theta, (L, d * 1e-4), size, keep)  # steps 1e8 too long
+    lp0 = tr.getLogProb()
+    dlnp, X, alpha, A, _ = tr._step(chord=True)
+    assert A is not None and dlnp > 0 and abs(tr.getLogProb() - lp0 - dlnp) < 1e-9 * abs(lp0)
+
+    # the tutorial's loop (chord steps) ends where Gauss-Newton steps end
+    def loop(chord):
+        tr.setParams(p_start)
+        for _ in range(20):
+            if tr._step(chord=chord)[0] < 1e-9:
+                break
+        return tr.getLogProb(), np.array(tr.getParams())
+
+    (lp_c, p_c), (lp_g, p_g) = loop(True), loop(False)
+    assert abs(lp_c - lp_g) < 1e-8
+    sigma = 1 / np.sqrt(np.diag(system()[0]))  # conditional standard deviations
+    assert np.all(np.abs(p_c - p_g) < 1e-4 * sigma)
+
+
 def test_optimize_nothing_thawed():
     img = _star_image((15.3, 14.8, 500.0))
     tr = Tractor([img], [PointSource(PixPos(15.8, 14.4), Flux(380.0))])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fit import ALPHAS, build_pairs, get_fitter
+from .fit import ALPHAS, CHORD_SHRINK, CHORD_STEP, build_pairs, get_fitter
 from .image import Image, Images
 from .params import MultiParams
 from .patch import Patch
@@ -272,7 +272,7 @@ class Tractor(MultiParams):
         full step X (one entry per thawed parameter) and the fraction alpha of
         it that was taken (0 and no change if no fraction improved).
         """
-        return self._step(alphas, damp, priors)[:3]
+        return self._step(alphas, damp, priors, chord=True)[:3]
 
     def _require_legal(self):
         bad = self._illegal_objects()
@@ -299,9 +299,11 @@ class Tractor(MultiParams):
         self.setAllParams(np.asarray(theta_new).tolist())
         return int(n), bool(converged), np.asarray(A), float(lnp), np.asarray(g)
 
-    def _step(self, alphas=None, damp=0.0, priors=True):
+    def _step(self, alphas=None, damp=0.0, priors=True, chord=False):
         """optimize(), also returning (A, lnp): the undamped normal matrix at the values
-        before the step and the log-probability after it (for fit_map)."""
+        before the step (None after a chord step) and the log-probability after it (for
+        fit_map).  ``chord``: a step may reuse the last step's normal matrix (see
+        CHORD_STEP)."""
         self._require_legal()
         fitter, theta, pairs, pri = self._fit_inputs()
         if fitter.nt == 0:
@@ -314,11 +316,26 @@ class Tractor(MultiParams):
         if not damp >= 0:
             raise ValueError(f"optimize(): damp must be >= 0, got {damp}")
         data, weights = self._pixels(fitter.c)
-        theta_new, dlnp, X, alpha, lnp0, A = fitter.step(theta, data, weights, pairs, pri,
-                                                         alphas, float(damp))
+        # the normal matrix depends on the values, the weights, the thawed set, the priors
+        # and the damping: a chord step needs all of them as the last step left them
+        key = (fitter, id(weights), pri[0][0].tobytes(), pri[0][2].tobytes(),
+               tuple((i.tobytes(), id(d)) for i, d in pri[1]), float(damp))
+        last = self.__dict__.pop("_chord", None)
+        factor = None
+        if chord and last is not None and last[0] == key and np.array_equal(last[1], theta):
+            factor, last_size = last[2], last[3]
+        theta_new, dlnp, X, alpha, lnp0, A, used, size = fitter.step(
+            theta, data, weights, pairs, pri, alphas, float(damp), factor)
         alpha = float(alpha)
         if alpha > 0:
-            self.setAllParams(np.asarray(theta_new).tolist())
+            theta_new = np.asarray(theta_new)
+            self.setAllParams(theta_new.tolist())
+            size = float(size)
+            # the next step may reuse this step's factorization if this step was small and,
+            # after a chord step, shrank fast (the chord converges at least that fast)
+            chord_ok = size <= CHORD_STEP and (A is not None or size <= CHORD_SHRINK * last_size)
+            if chord and alpha == 1.0 and used is not None and chord_ok:
+                self.__dict__["_chord"] = (key, theta_new, used, size, (weights, pri))
         return float(dlnp), np.asarray(X), alpha, A, float(lnp0) + float(dlnp)
 
     # --- the probabilistic program ---

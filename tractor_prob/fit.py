@@ -40,6 +40,18 @@ PAIR_MARGIN = 2
 ALPHAS = (1.0, 0.5, 0.25, 0.1, 0.03, 0.01, 1e-3, 1e-4)
 
 
+#: optimize() reuses the last step's normal matrix (a chord step: only the gradient is
+#: computed, most of a step's work is not) when that step was taken whole and moved no
+#: thawed parameter by more than this many of its conditional standard deviations
+#: (1 / sqrt(A_ii)), where the Jacobians hardly change; after a chord step, only while
+#: the steps shrink at least CHORD_SHRINK-fold.  A chord step that does not improve the
+#: log-probability is replaced by a fresh step.  (The benchmark field's fit: a fresh normal
+#: matrix after a step of 45 sigma made the next steps converge slowly; after one of 5 sigma,
+#: reused twice, the same steps as fresh ones to 1e-5 in log-probability.)
+CHORD_STEP = 10.0
+CHORD_SHRINK = 0.25
+
+
 def _bucket(n: int, possible: bool) -> int:
     """Padded length of a pair list: the next of 4, 6, 8, 12, 16, 24, ... (2^k and 3 2^(k-1))
     at or above n (0 only if no pair can exist), so that sources drifting into or out of
@@ -252,70 +264,98 @@ class Fitter:
             lp = lp + jnp.sum(jnp.where(d.support(x), d.log_prob(x), -jnp.inf))
         return lp
 
-    def _image_terms(self, fg, carry, x, theta):
-        """Add one image's J^T W J, J^T W r and log-likelihood to carry=(A, grad, lnl)."""
+    def _image_terms(self, fg, carry, x, theta, want_A=True):
+        """Add one image's J^T W J, J^T W r and log-likelihood to carry=(A, grad, lnl).
+
+        ``want_A``: True, or a traced bool: the normal matrix's terms (Gram matrices, pair
+        blocks, lattice normal products: most of the work) are then computed only where it
+        is true (a conditional; where false A is passed through unchanged)."""
         A, grad, lnl = carry
         iv, d, w, pairs_i, ct = x
         c = self.c
         ip = c.plan.images[fg.ig]
-        acc = _Scatter()
         sjs = self._source_jacobians(fg.ig, iv, theta, w)
         given = [None if sj is None else (sj[3], sj[1], sj[2]) for sj in sjs]
         with jax.named_scope("model"):
             chi = (d - c.model_image(fg.ig, iv, theta, given=given)) * w
         lnl = lnl - 0.5 * jnp.sum(chi * chi)
         Jc = self._cal_jacobian(fg, iv, theta)
+        acc = _Scatter()
         if Jc is not None:
             Jc = Jc * w
-            acc.A(ct[:, None], ct[None, :], jnp.einsum("ahw,bhw->ab", Jc, Jc))
             acc.g(ct, jnp.einsum("ahw,hw->a", Jc, chi))
-        stamps = []
+        units = []
         for u, sj in enumerate(sjs):
             if sj is None:
-                stamps.append(None)
+                units.append(None)
                 continue
             with jax.named_scope(f"unit{u}"):
-                stamps.append(self._unit_terms(acc, ip, u, sj, w, chi, Jc, ct, theta))
-        self._add_pairs(acc, stamps, pairs_i, ip.shape)
-        A, grad = acc.apply(A, grad)
+                units.append(self._unit_gradient(acc, ip, u, sj, w, chi))
+        _, grad = acc.apply(None, grad)
+
+        def normal_terms(A):
+            acc = _Scatter()
+            if Jc is not None:
+                acc.A(ct[:, None], ct[None, :], jnp.einsum("ahw,bhw->ab", Jc, Jc))
+            stamps = []
+            for u, un in enumerate(units):
+                if un is not None:
+                    with jax.named_scope(f"unit{u}"):
+                        un = self._unit_normal(acc, ip, u, un, w, Jc, ct, theta)
+                stamps.append(un)
+            self._add_pairs(acc, stamps, pairs_i, ip.shape)
+            return acc.apply(A, None)[0]
+
+        if want_A is True:
+            A = normal_terms(A)
+        else:
+            A = jax.lax.cond(want_A, normal_terms, lambda A: A, A)
         return A, grad, lnl
 
-    def _unit_terms(self, acc, ip, u, sj, w, chi, Jc, ct, theta):
-        """A render unit's own terms (gradient, Gram matrix, cross terms with thawed image
-        parameters); returns its _Unit for the pair blocks."""
+    def _unit_gradient(self, acc, ip, u, sj, w, chi):
+        """A render unit's gradient terms; returns its _Unit (Q not yet computed)."""
         J, ox, oy, _ = sj
         n, k = J.shape[:2]
         Sy, Sx = ip.stamps[u]
         cols = jnp.asarray(self.unit_cols[u])
-        cf = cols.reshape(-1)
         full = (Sy, Sx) == tuple(ip.shape)  # stamps cover the image: origins are 0
-        if full:
-            w_st = w
-            chi_st = chi.reshape(1, Sy * Sx, 1)
-        else:
-            w_st = mog.gather_stamps(w, ox, oy, Sy, Sx)
-            chi_st = mog.gather_stamps(chi, ox, oy, Sy, Sx).reshape(n, Sy * Sx, 1)
-        Jl = Q = None
+        w_st = w if full else mog.gather_stamps(w, ox, oy, Sy, Sx)
         if is_lattice(ip, u):
             # J: unweighted, on the unit's nodes; every sum over pixels of J times a pixel
             # image becomes a sum over nodes with the interpolation's adjoint U^T applied to
-            # that image: J^T W r = J_nodes . U^T (w chi), and the Gram matrix
-            # J^T W J = J_nodes . Q with Q = U^T (w^2 U J_nodes) (per column)
-            step = ip.steps[u]
-            Jl, Jw = J, None
+            # that image: J^T W r = J_nodes . U^T (w chi)
+            wchi = mog.upsample_adjoint(w * chi, ip.steps[u], Sy, Sx)
+            acc.g(cols, (J.reshape(n * k, -1) @ wchi.reshape(-1)).reshape(n, k))
+            return _Unit(None, ox, oy, cols, full, w_st, J, None, ip.steps[u])
+        if full:
+            chi_st = chi.reshape(1, Sy * Sx, 1)
+        else:
+            chi_st = mog.gather_stamps(chi, ox, oy, Sy, Sx).reshape(n, Sy * Sx, 1)
+        F = J.reshape(n, k, Sy * Sx)  # weighted already; flat stamps: XLA:CPU's fast path
+        acc.g(cols, jnp.matmul(F, chi_st)[..., 0])
+        return _Unit(J, ox, oy, cols, full, w_st, None, None, ip.steps[u])
+
+    def _unit_normal(self, acc, ip, u, un, w, Jc, ct, theta):
+        """A render unit's own terms of the normal matrix (Gram matrix, cross terms with
+        thawed image parameters); returns its _Unit for the pair blocks (with Q)."""
+        cols, full = un.cols, un.full
+        cf = cols.reshape(-1)
+        if un.Jl is not None:
+            # the Gram matrix J^T W J = J_nodes . Q with Q = U^T (w^2 U J_nodes) (per column)
+            Jl, step = un.Jl, un.step
+            n, k = Jl.shape[:2]
+            Sy, Sx = ip.stamps[u]
             Lf = Jl.reshape(n * k, -1)
-            wchi = mog.upsample_adjoint(w * chi, step, Sy, Sx)
-            acc.g(cols, (Lf @ wchi.reshape(-1)).reshape(n, k))
             Q = _lattice_normal(Jl.reshape(n * k, *Jl.shape[2:]), w * w, step, Sy, Sx,
                                 theta[0] == theta[0])
             acc.A(cf[:, None], cf[None, :], Lf @ Q.reshape(n * k, -1).T)
             if Jc is not None:
                 D = mog.upsample_adjoint(Jc * w, step, Sy, Sx).reshape(Jc.shape[0], -1)
                 cross = (Lf @ D.T).reshape(n, k, Jc.shape[0])
+            un = un._replace(Q=Q)
         else:
-            Jw = J  # weighted already
-            F = Jw.reshape(n, k, Sy * Sx)  # matmuls on flat stamps: XLA:CPU's fast path
-            acc.g(cols, jnp.matmul(F, chi_st)[..., 0])
+            n, k, Sy, Sx = un.Jw.shape
+            F = un.Jw.reshape(n, k, Sy * Sx)
             if full:  # every pair of members overlaps: one Gram matrix, pairs included
                 Ff = F.reshape(n * k, Sy * Sx)
                 acc.A(cf[:, None], cf[None, :], Ff @ Ff.T)
@@ -326,18 +366,19 @@ class Fitter:
                 if full:
                     Jc_st = Jc.reshape(nc, Sy * Sx).T
                 else:
-                    Jc_st = jnp.swapaxes(
-                        mog.gather_stamps(Jc, ox, oy, Sy, Sx).reshape(nc, n, Sy * Sx), 0, 1)
+                    Jc_st = jnp.swapaxes(mog.gather_stamps(Jc, un.ox, un.oy, Sy, Sx)
+                                         .reshape(nc, n, Sy * Sx), 0, 1)
                     Jc_st = jnp.swapaxes(Jc_st, 1, 2)
                 cross = jnp.matmul(F, Jc_st)  # (n, k, nc)
         if Jc is not None:
             acc.A(cols[:, :, None], ct[None, None, :], cross, sym=True)
-        return _Unit(Jw, ox, oy, cols, full, w_st, Jl, Q, ip.steps[u])
+        return un
 
-    def _system(self, theta, data, weights, pairs, pri):
+    def _system(self, theta, data, weights, pairs, pri, want_A=True):
         """(A = J^T W J + prior, g = J^T W r + prior gradient, log-probability).
 
-        ``data``, ``weights``: per image group stacks; ``pairs``: from build_pairs.
+        ``data``, ``weights``: per image group stacks; ``pairs``: from build_pairs;
+        ``want_A``: see _image_terms (where false, A holds only the priors' terms).
         """
         nt = self.nt
         carry = (jnp.zeros((nt + 1, nt + 1), theta.dtype), jnp.zeros(nt + 1, theta.dtype),
@@ -348,7 +389,7 @@ class Fitter:
                   tuple(tuple(a[pos] for a in pr) for pr in pairs[fg.ig]), jnp.asarray(fg.cal_t))
 
             def body(carry, x, fg=fg):
-                return self._image_terms(fg, carry, x, theta), None
+                return self._image_terms(fg, carry, x, theta, want_A), None
 
             if len(pos) == 1:  # no loop: XLA:CPU runs a loop body's fusions on one thread
                 carry, _ = body(carry, jax.tree_util.tree_map(lambda a: a[0], xs))
@@ -413,37 +454,61 @@ class Fitter:
         lnp = self.c._loglik(theta, data, weights) + self._log_prior(theta, pri)
         return jnp.where(self.c.legal(theta), lnp, -jnp.inf)
 
-    def step(self, theta, data, weights, pairs, pri, alphas, damp):
+    def step(self, theta, data, weights, pairs, pri, alphas, damp, factor=None):
         """One Gauss-Newton step with a line search.
 
         ``alphas``: step fractions tried in turn until one improves the
         log-probability; ``damp``: Levenberg-Marquardt damping added to the
-        Jacobi-scaled normal matrix (0 = Gauss-Newton).
-        Returns (theta_new, dlnp, X, alpha, lnp0, A): X the full step on the
-        thawed parameters, alpha the fraction taken (0 and theta unchanged if
+        Jacobi-scaled normal matrix (0 = Gauss-Newton); ``factor``: None, or the
+        ``factor`` an earlier step returned, to solve with that step's normal matrix
+        instead of building one here (a chord step: only the gradient is computed; if
+        its full step does not improve the log-probability, a fresh step is taken).
+        Returns (theta_new, dlnp, X, alpha, lnp0, A, factor, size): X the full step on
+        the thawed parameters, alpha the fraction taken (0 and theta unchanged if
         no fraction improved the log-probability), A the undamped normal matrix
-        at theta (J^T W J + prior curvature: the inverse covariance).
+        at theta (J^T W J + prior curvature: the inverse covariance; None after a
+        chord step), factor the factorization used (None if not positive definite),
+        size max |X_i| sqrt(A_ii): the step in units of the parameters' conditional
+        standard deviations.
 
         The system, its solution and the first fraction are one jitted call; the other
         fractions (rarely needed) a second one, compiled only when first needed.
         """
-        out = self._first(theta, data, weights, pairs, pri, alphas[:1], damp)
-        if len(alphas) > 1 and not float(out[3]) > 0:
+        reuse = factor is not None
+        if not reuse:
+            factor = self._no_factor
+        theta_new, dlnp, X, alpha, lnp0, A, L, d, ok, size = self._first(
+            theta, data, weights, pairs, pri, alphas[:1], damp, reuse, *factor)
+        if reuse:
+            if not float(alpha) > 0:
+                return self.step(theta, data, weights, pairs, pri, alphas, damp)
+            A = None
+        elif len(alphas) > 1 and not float(alpha) > 0:
             theta_new, dlnp, alpha = self._search(theta, data, weights, pri, alphas[1:],
-                                                  out[2], out[4])
-            out = (theta_new, dlnp, out[2], alpha, out[4], out[5])
-        return out
+                                                  X, lnp0)
+        return theta_new, dlnp, X, alpha, lnp0, A, (L, d) if bool(ok) else None, size
 
-    def _step_first(self, theta, data, weights, pairs, pri, alphas, damp):
-        """System, solution X and the log-probability at theta + alphas[0] X."""
-        A, g, lnp0 = self._system(theta, data, weights, pairs, pri)
-        X = solve_normal(A, g, damp)
+    @property
+    def _no_factor(self):
+        z = self.__dict__.get("_zeros")
+        if z is None:
+            z = self._zeros = (jnp.zeros((self.nt, self.nt)), jnp.ones(self.nt))
+        return z
+
+    def _step_first(self, theta, data, weights, pairs, pri, alphas, damp, reuse, L, d):
+        """System (only the gradient if ``reuse``: then L, d are the factorization to solve
+        with), solution X and the log-probability at theta + alphas[0] X."""
+        A, g, lnp0 = self._system(theta, data, weights, pairs, pri, want_A=~reuse)
+        L, d, X = jax.lax.cond(reuse, lambda: (L, d, solve_factored(L, d, g)),
+                               lambda: factor_solve(A, g, damp))
         T = jnp.asarray(self.T)
         lnp1 = self.log_prob(theta.at[T].add(alphas[0] * X), data, weights, pri)
         improved = lnp1 > lnp0
         alpha = jnp.where(improved, alphas[0], 0.0)
         theta_new = theta.at[T].add(alpha * X)
-        return theta_new, jnp.where(improved, lnp1 - lnp0, 0.0), X, alpha, lnp0, A
+        size = jnp.max(jnp.abs(X) * d, initial=0.0)
+        return (theta_new, jnp.where(improved, lnp1 - lnp0, 0.0), X, alpha, lnp0, A, L, d,
+                jnp.all(jnp.isfinite(L)), size)
 
     def _lm(self, theta, data, weights, pairs, pri, damp, steps, tol):
         """``inference.fit_map``'s Levenberg-Marquardt loop in one program, for a ``static``
@@ -744,7 +809,15 @@ def jacfwd_major(f, x):
 
 
 def solve_normal(A, g, damp=0.0):
-    """Solve (A + damp) x = g for a symmetric positive semi-definite A, robust to degeneracy.
+    """Solve (A + damp) x = g for a symmetric positive semi-definite A, robust to degeneracy
+    (see factor_solve)."""
+    return factor_solve(A, g, damp)[2]
+
+
+def factor_solve(A, g, damp=0.0):
+    """Solve (A + damp) x = g for a symmetric positive semi-definite A, robust to degeneracy:
+    (L, d, x), L the Cholesky factor of the scaled matrix (NaN where not positive
+    definite), d the scales (see solve_factored).
 
     Jacobi-scaled so that parameters of different units are comparable; ``damp``
     (Levenberg-Marquardt) plus a tiny ridge (1e-10) is added to the scaled
@@ -754,13 +827,20 @@ def solve_normal(A, g, damp=0.0):
     d = jnp.where(d > 0, d, 1.0)
     As = A / (d[:, None] * d[None, :]) + (1e-10 + damp) * jnp.eye(A.shape[0], dtype=A.dtype)
     if CHOLESKY_LAPACK_SMALL < A.shape[0] <= CHOLESKY_LOOP_MAX:
-        y = _cho_solve_loop(As, g / d)
+        y, L = _cho_solve_loop(As, g / d)
     else:
         L = jnp.linalg.cholesky(As)
         y = jax.scipy.linalg.cho_solve((L, True), g / d)
     y = jax.lax.cond(jnp.all(jnp.isfinite(y)), lambda: y,
                      lambda: jnp.linalg.lstsq(As, g / d)[0])
-    return y / d
+    return L, d, y / d
+
+
+def solve_factored(L, d, g):
+    """x with (A + damp) x = g, given factor_solve's (L, d) of A + damp."""
+    if CHOLESKY_LAPACK_SMALL < L.shape[0] <= CHOLESKY_LOOP_MAX:
+        return _substitute(L, g / d) / d
+    return jax.scipy.linalg.cho_solve((L, True), g / d) / d
 
 
 #: systems up to this size are solved by the Cholesky loops below rather than LAPACK:
@@ -775,7 +855,7 @@ CHOLESKY_LAPACK_SMALL = 16
 
 def _cho_solve_loop(A, b):
     """Solve A x = b by Cholesky (A = L L^T, column by column) and two triangular
-    substitutions, as XLA loops (NaN if A is not positive definite)."""
+    substitutions, as XLA loops (NaN if A is not positive definite): (x, L)."""
     n = A.shape[0]
     idx = jnp.arange(n)
 
@@ -787,9 +867,24 @@ def _cho_solve_loop(A, b):
         return L, y.at[j].set((b[j] - L[j, :] @ y) / cj[j])
 
     L, y = jax.lax.fori_loop(0, n, col, (jnp.zeros_like(A), jnp.zeros_like(b)))
+    return _back_substitute(L, y), L
 
-    def back(k, x):  # L^T x = y
+
+def _substitute(L, b):
+    """Solve L L^T x = b for a lower triangular L, as XLA loops."""
+
+    def forward(j, y):  # L y = b
+        return y.at[j].set((b[j] - L[j, :] @ y) / L[j, j])
+
+    return _back_substitute(L, jax.lax.fori_loop(0, L.shape[0], forward, jnp.zeros_like(b)))
+
+
+def _back_substitute(L, y):
+    """Solve L^T x = y for a lower triangular L, as an XLA loop."""
+    n = L.shape[0]
+
+    def back(k, x):
         i = n - 1 - k
         return x.at[i].set((y[i] - L[:, i] @ x) / L[i, i])
 
-    return jax.lax.fori_loop(0, n, back, jnp.zeros_like(b))
+    return jax.lax.fori_loop(0, n, back, jnp.zeros_like(y))

@@ -56,15 +56,17 @@ def _split_parts(sigmas_re):
     return (core, wing) if core and wing else (tuple(range(len(sig))),)
 
 
-def _pixel_mog(image, components, part=None, psf_mix=None):
+def _pixel_mog(image, components, part=None, psf_mix=None, M=None):
     """Flux fractions (K*P,) and covariances (K*P, 2, 2) (pixels) of a galaxy's profile
     components convolved with the PSF.
 
     ``components``: list of (flux fraction, (amps, vars), shape) per profile;
     ``part``: indices of the concatenated components to include (default all);
-    ``psf_mix``: the PSF's getMixtureOfGaussians() if already at hand.
+    ``psf_mix``, ``M``: the PSF's getMixtureOfGaussians() and the WCS's pixelsPerArcsec()
+    if already at hand.
     """
-    M = image.wcs.pixelsPerArcsec()
+    if M is None:
+        M = image.wcs.pixelsPerArcsec()
     amps, covs = [], []
     for frac, (a, v), shape in components:
         Cp = M @ shape.getCovariance() @ M.T
@@ -102,7 +104,9 @@ def _unit_mogs(image, srcs, part, cache=None):
     key = (id(image), tuple(id(s) for s in srcs))
     full = None if cache is None else cache.get(key)
     if full is None:
-        A, C = zip(*(_pixel_mog(image, s._image_components(image), None, psf_mix) for s in srcs))
+        M = image.wcs.pixelsPerArcsec()
+        A, C = zip(*(_pixel_mog(image, s._image_components(image), None, psf_mix, M)
+                     for s in srcs))
         full = (np.stack(A), np.stack(C))
         if cache is not None:
             cache[key] = full
