@@ -573,49 +573,6 @@ def test_chord_steps_reuse_the_last_normal_matrix(n_stars):
     assert np.all(np.abs(p_c - p_g) < 1e-4 * sigma)
 
 
-def test_step_after_a_fresh_step_reuses_its_pair_blocks():
-    """A step too large for a chord step is followed by one that computes each source's own
-    normal-matrix terms and takes the blocks of pairs of sources from that step (at most one
-    step old): X = (A_own(now) + A_pairs(last))^-1 g; the split sums to the whole matrix."""
-    from tractor_prob.fit import CHORD_STEP
-
-    rng = np.random.default_rng(5)
-    truth = [(10.0 + 6 * i + rng.uniform(), 12.0 + 3 * (i % 2), rng.uniform(400, 900))
-             for i in range(5)]  # blended neighbours: pair blocks
-    shape = (26, 50)
-    xx, yy = grid(shape)
-    data = sum(F * gauss(xx, yy, x, y, 2.0) for x, y, F in truth) + rng.normal(0, 1, shape)
-    img = Image(data=data, invvar=np.ones(shape), psf=NCircularGaussianPSF([2.0], [1.0]))
-    tr = Tractor([img], [PointSource(PixPos(x + 0.8, y - 0.6), Flux(F * 0.6))
-                         for x, y, F in truth])
-    tr.freezeParam("images")
-
-    def parts():
-        fitter, theta, pairs, pri = tr._fit_inputs()
-        data, weights = tr._pixels(fitter.c)
-        A_own, A_pairs, g, lnp = jax.jit(fitter._system_parts)(
-            theta, data, weights, pairs, pri, (True, True))
-        A = fitter.system(theta, data, weights, pairs, pri)[0]
-        assert np.abs(A_pairs).max() > 1e-3 * np.abs(A).max()  # the pairs matter here
-        np.testing.assert_allclose(A_own + A_pairs, A, rtol=1e-12, atol=1e-12 * np.abs(A).max())
-        return np.asarray(A_own), np.asarray(A_pairs), np.asarray(g), float(lnp)
-
-    A_own1, A_pairs1, _, _ = parts()
-    dlnp, X, alpha, A, _ = tr._step(chord=True)  # fresh
-    assert A is not None and alpha == 1.0
-    assert np.max(np.abs(X) * np.sqrt(np.diag(A))) > CHORD_STEP  # too large for a chord
-    A_own2, A_pairs2, g2, lnp2 = parts()
-    dlnp, X, alpha, A, _ = tr._step(chord=True)
-    assert A is None  # not a fresh step
-    np.testing.assert_allclose(X, np.linalg.solve(A_own2 + A_pairs1, g2), rtol=1e-7,
-                               atol=1e-10)
-    assert not np.allclose(X, np.linalg.solve(A_own2 + A_pairs2, g2), rtol=1e-7, atol=1e-10)
-    assert dlnp > 0 and abs(tr.getLogProb() - lnp2 - dlnp) < 1e-9 * abs(lnp2)
-    # the next step (this one was too large for a chord) does not reuse those blocks again
-    assert np.max(np.abs(X) * np.sqrt(np.diag(A_own2 + A_pairs1))) > CHORD_STEP
-    assert tr._step(chord=True)[3] is not None
-
-
 def test_optimize_nothing_thawed():
     img = _star_image((15.3, 14.8, 500.0))
     tr = Tractor([img], [PointSource(PixPos(15.8, 14.4), Flux(380.0))])

@@ -21,15 +21,12 @@ __all__ = ["Tractor"]
 
 
 class _LastStep(NamedTuple):
-    """What an optimize() step leaves for the next one (see fit.CHORD_STEP)."""
+    """What an optimize() step leaves for a chord step after it (see fit.CHORD_STEP)."""
 
     key: tuple  # fitter, weights, priors, damping: the next step must have the same
     theta: np.ndarray  # the values the step produced
-    factor: object  # its factorization (fit.Fitter.step), or None
+    factor: tuple  # the factorization it solved with (fit.Fitter.step)
     size: float  # its size in conditional standard deviations
-    fresh: bool  # its normal matrix was computed whole at its values
-    pair_blocks: object  # its pair blocks if fresh
-    size_before: float  # the size of the step whose factorization it reused (else inf)
     keep: tuple  # (weights, priors): kept alive, so that the ids in key stay theirs
 
 
@@ -336,26 +333,21 @@ class Tractor(MultiParams):
         key = (fitter, id(weights), pri[0][0].tobytes(), pri[0][2].tobytes(),
                tuple((i.tobytes(), id(d)) for i, d in pri[1]), float(damp))
         last = self.__dict__.pop("_chord", None)
-        factor = pair_blocks = None
+        factor = None
         if chord and last is not None and last.key == key and np.array_equal(last.theta, theta):
-            # a chord step after a small step (after a chord step: only while steps shrink
-            # fast); else, right after a fresh step, that step's pair blocks (see CHORD_STEP)
-            if last.factor is not None and last.size <= CHORD_STEP and (
-                    last.fresh or last.size <= CHORD_SHRINK * last.size_before):
-                factor = last.factor
-            elif last.fresh:
-                pair_blocks = last.pair_blocks
-        theta_new, dlnp, X, alpha, lnp0, A, used, size, pairs_used = fitter.step(
-            theta, data, weights, pairs, pri, alphas, float(damp), factor, pair_blocks)
+            factor = last.factor
+        theta_new, dlnp, X, alpha, lnp0, A, used, size = fitter.step(
+            theta, data, weights, pairs, pri, alphas, float(damp), factor)
         alpha = float(alpha)
         if alpha > 0:
             theta_new = np.asarray(theta_new)
             self.setAllParams(theta_new.tolist())
-            if chord and alpha == 1.0:
-                fresh = A is not None
-                self.__dict__["_chord"] = _LastStep(
-                    key, theta_new, used, float(size), fresh, pairs_used if fresh else None,
-                    last.size if factor is not None else np.inf, (weights, pri))
+            size = float(size)
+            # the next step may reuse this step's factorization if this step was small and,
+            # after a chord step, shrank fast (the chord converges at least that fast)
+            chord_ok = size <= CHORD_STEP and (A is not None or size <= CHORD_SHRINK * last.size)
+            if chord and alpha == 1.0 and used is not None and chord_ok:
+                self.__dict__["_chord"] = _LastStep(key, theta_new, used, size, (weights, pri))
         return float(dlnp), np.asarray(X), alpha, A, float(lnp0) + float(dlnp)
 
     # --- the probabilistic program ---

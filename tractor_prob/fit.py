@@ -40,18 +40,14 @@ PAIR_MARGIN = 2
 ALPHAS = (1.0, 0.5, 0.25, 0.1, 0.03, 0.01, 1e-3, 1e-4)
 
 
-#: optimize() reuses earlier steps' work on the normal matrix where it hardly changes.
-#: After a step taken whole that moved no thawed parameter by more than CHORD_STEP of its
-#: conditional standard deviations (1 / sqrt(A_ii)), the next is a chord step: it solves
-#: with that step's factorization and a fresh gradient (most of a step's work, the normal
-#: matrix's terms, is skipped); after a chord step, only while the steps shrink at least
-#: CHORD_SHRINK-fold.  Otherwise a step right after a fresh step computes every source's own
-#: terms and takes the blocks of pairs of different sources from that step (one step old).
-#: Either kind of step is replaced by a fresh one if its full step does not improve the
-#: log-probability.  Benchmark field (5 steps): a fresh matrix after a step of 45 sigma,
-#: reused, made the next steps converge slowly (7 steps), after one of 5 sigma, reused
-#: twice, the same steps as fresh ones; pair blocks one step old cost nothing there, also
-#: after the first step (132 sigma).
+#: optimize() reuses the last step's normal matrix (a chord step: only the gradient is
+#: computed, most of a step's work is not) when that step was taken whole and moved no
+#: thawed parameter by more than this many of its conditional standard deviations
+#: (1 / sqrt(A_ii)), where the Jacobians hardly change; after a chord step, only while
+#: the steps shrink at least CHORD_SHRINK-fold.  A chord step that does not improve the
+#: log-probability is replaced by a fresh step.  (The benchmark field's fit: a fresh normal
+#: matrix after a step of 45 sigma made the next steps converge slowly; after one of 5 sigma,
+#: reused twice, the same steps as fresh ones to 1e-5 in log-probability.)
 CHORD_STEP = 10.0
 CHORD_SHRINK = 0.25
 
@@ -268,15 +264,13 @@ class Fitter:
             lp = lp + jnp.sum(jnp.where(d.support(x), d.log_prob(x), -jnp.inf))
         return lp
 
-    def _image_terms(self, fg, carry, x, theta, want=None):
-        """Add one image's J^T W J, J^T W r and log-likelihood to carry=(A, Ap, grad, lnl).
+    def _image_terms(self, fg, carry, x, theta, want_A=True):
+        """Add one image's J^T W J, J^T W r and log-likelihood to carry=(A, grad, lnl).
 
-        ``want``: None (everything into A), or traced bools (own, pairs): the normal
-        matrix's terms of each source (Gram matrices, lattice products, cross terms with
-        image parameters) are then added to A only where ``own`` is true, the blocks of
-        pairs of sources (``_add_pairs``) to Ap only where ``pairs`` is true (conditionals:
-        these terms are most of the work)."""
-        A, Ap, grad, lnl = carry
+        ``want_A``: True, or a traced bool: the normal matrix's terms (Gram matrices, pair
+        blocks, lattice normal products: most of the work) are then computed only where it
+        is true (a conditional; where false A is passed through unchanged)."""
+        A, grad, lnl = carry
         iv, d, w, pairs_i, ct = x
         c = self.c
         ip = c.plan.images[fg.ig]
@@ -299,7 +293,7 @@ class Fitter:
                 units.append(self._unit_gradient(acc, ip, u, sj, w, chi))
         _, grad = acc.apply(None, grad)
 
-        def own_terms(A):
+        def normal_terms(A):
             acc = _Scatter()
             if Jc is not None:
                 acc.A(ct[:, None], ct[None, :], jnp.einsum("ahw,bhw->ab", Jc, Jc))
@@ -309,22 +303,14 @@ class Fitter:
                     with jax.named_scope(f"unit{u}"):
                         un = self._unit_normal(acc, ip, u, un, w, Jc, ct, theta)
                 stamps.append(un)
-            return acc.apply(A, None)[0], [None if un is None else un.Q for un in stamps]
-
-        def pair_terms(A, Qs):
-            acc = _Scatter()
-            stamps = [un if un is None else un._replace(Q=Q) for un, Q in zip(units, Qs)]
             self._add_pairs(acc, stamps, pairs_i, ip.shape)
             return acc.apply(A, None)[0]
 
-        if want is None:
-            A = pair_terms(*own_terms(A))
+        if want_A is True:
+            A = normal_terms(A)
         else:
-            zero = jnp.zeros_like(A)
-            own, Qs = _stored(own_terms, (zero,), want[0])
-            A = A + own
-            Ap = Ap + _stored(pair_terms, (zero, Qs), want[1])
-        return A, Ap, grad, lnl
+            A = jax.lax.cond(want_A, normal_terms, lambda A: A, A)
+        return A, grad, lnl
 
     def _unit_gradient(self, acc, ip, u, sj, w, chi):
         """A render unit's gradient terms; returns its _Unit (Q not yet computed)."""
@@ -388,34 +374,28 @@ class Fitter:
             acc.A(cols[:, :, None], ct[None, None, :], cross, sym=True)
         return un
 
-    def _system(self, theta, data, weights, pairs, pri):
+    def _system(self, theta, data, weights, pairs, pri, want_A=True):
         """(A = J^T W J + prior, g = J^T W r + prior gradient, log-probability).
 
-        ``data``, ``weights``: per image group stacks; ``pairs``: from build_pairs.
+        ``data``, ``weights``: per image group stacks; ``pairs``: from build_pairs;
+        ``want_A``: see _image_terms (where false, A holds only the priors' terms).
         """
-        A, _, g, lnp = self._system_parts(theta, data, weights, pairs, pri)
-        return A, g, lnp
-
-    def _system_parts(self, theta, data, weights, pairs, pri, want=None):
-        """(A, Ap, g, lnp): _system's, its normal matrix split into A (sources' own terms
-        and priors) and Ap (blocks of pairs of sources) as ``want`` asks (see
-        _image_terms; with ``want`` None, A is the whole normal matrix and Ap zero)."""
         nt = self.nt
-        zeros = jnp.zeros((nt + 1, nt + 1), theta.dtype)
-        carry = (zeros, zeros, jnp.zeros(nt + 1, theta.dtype), jnp.zeros((), theta.dtype))
+        carry = (jnp.zeros((nt + 1, nt + 1), theta.dtype), jnp.zeros(nt + 1, theta.dtype),
+                 jnp.zeros((), theta.dtype))
         for fg in self.fit_groups:
             pos = fg.pos
             xs = (self.c.image_values(fg.ig, theta)[pos], data[fg.ig][pos], weights[fg.ig][pos],
                   tuple(tuple(a[pos] for a in pr) for pr in pairs[fg.ig]), jnp.asarray(fg.cal_t))
 
             def body(carry, x, fg=fg):
-                return self._image_terms(fg, carry, x, theta, want), None
+                return self._image_terms(fg, carry, x, theta, want_A), None
 
             if len(pos) == 1:  # no loop: XLA:CPU runs a loop body's fusions on one thread
                 carry, _ = body(carry, jax.tree_util.tree_map(lambda a: a[0], xs))
             else:
                 carry, _ = jax.lax.scan(body, carry, xs)
-        A, Ap, grad, lnl = carry
+        A, grad, lnl = carry
         (tidx, mu, sig), others = pri
         pt = jnp.asarray(self.t_of)[tidx]
         A = A.at[pt, pt].add(1.0 / sig**2)
@@ -428,7 +408,7 @@ class Fitter:
             A = A.at[pt, pt].add(jnp.maximum(-g2, 0.0))
             grad = grad.at[pt].add(g1)
         lnp = lnl + self._log_prior(theta, pri)
-        return A[:nt, :nt], Ap[:nt, :nt], grad[:nt], lnp
+        return A[:nt, :nt], grad[:nt], lnp
 
     def _add_pairs(self, acc, stamps, pairs_i, shape):
         """Blocks of pairs of sources in different stamps (pairs within a full-image unit are
@@ -474,45 +454,39 @@ class Fitter:
         lnp = self.c._loglik(theta, data, weights) + self._log_prior(theta, pri)
         return jnp.where(self.c.legal(theta), lnp, -jnp.inf)
 
-    def step(self, theta, data, weights, pairs, pri, alphas, damp, factor=None,
-             pair_blocks=None):
+    def step(self, theta, data, weights, pairs, pri, alphas, damp, factor=None):
         """One Gauss-Newton step with a line search.
 
         ``alphas``: step fractions tried in turn until one improves the
         log-probability; ``damp``: Levenberg-Marquardt damping added to the
-        Jacobi-scaled normal matrix (0 = Gauss-Newton).  Near convergence, earlier steps'
-        work may stand in for parts of the normal matrix (see CHORD_STEP): ``factor``: the
+        Jacobi-scaled normal matrix (0 = Gauss-Newton); ``factor``: None, or the
         ``factor`` an earlier step returned, to solve with that step's normal matrix
-        (a chord step: only the gradient is computed); ``pair_blocks``: the ``pair_blocks``
-        the previous step returned, used instead of computing the blocks of pairs of
-        sources (each source's own terms are computed).  If such a step's full step does
-        not improve the log-probability, a fresh step is taken instead.
-        Returns (theta_new, dlnp, X, alpha, lnp0, A, factor, size, pair_blocks): X the
-        full step on the thawed parameters, alpha the fraction taken (0 and theta
-        unchanged if no fraction improved the log-probability), A the undamped normal
-        matrix at theta (J^T W J + prior curvature: the inverse covariance; None if parts
-        of it came from earlier steps), factor the factorization used (None if not
-        positive definite), size max |X_i| sqrt(A_ii): the step in units of the
-        parameters' conditional standard deviations, pair_blocks the pair blocks used.
+        instead of building one here (a chord step: only the gradient is computed; if
+        its full step does not improve the log-probability, a fresh step is taken).
+        Returns (theta_new, dlnp, X, alpha, lnp0, A, factor, size): X the full step on
+        the thawed parameters, alpha the fraction taken (0 and theta unchanged if
+        no fraction improved the log-probability), A the undamped normal matrix
+        at theta (J^T W J + prior curvature: the inverse covariance; None after a
+        chord step), factor the factorization used (None if not positive definite),
+        size max |X_i| sqrt(A_ii): the step in units of the parameters' conditional
+        standard deviations.
 
         The system, its solution and the first fraction are one jitted call; the other
         fractions (rarely needed) a second one, compiled only when first needed.
         """
-        chord, lagged = factor is not None, pair_blocks is not None
-        L, d = factor if chord else self._no_factor
-        Ap = pair_blocks if lagged else L
-        theta_new, dlnp, X, alpha, lnp0, A, Ap, L, d, ok, size = self._first(
-            theta, data, weights, pairs, pri, alphas[:1], damp, not chord,
-            not (chord or lagged), L, d, Ap)
-        if chord or lagged:
+        reuse = factor is not None
+        if not reuse:
+            factor = self._no_factor
+        theta_new, dlnp, X, alpha, lnp0, A, L, d, ok, size = self._first(
+            theta, data, weights, pairs, pri, alphas[:1], damp, reuse, *factor)
+        if reuse:
             if not float(alpha) > 0:
                 return self.step(theta, data, weights, pairs, pri, alphas, damp)
             A = None
         elif len(alphas) > 1 and not float(alpha) > 0:
             theta_new, dlnp, alpha = self._search(theta, data, weights, pri, alphas[1:],
                                                   X, lnp0)
-        return (theta_new, dlnp, X, alpha, lnp0, A, (L, d) if bool(ok) else None, size,
-                None if chord else Ap)
+        return theta_new, dlnp, X, alpha, lnp0, A, (L, d) if bool(ok) else None, size
 
     @property
     def _no_factor(self):
@@ -521,24 +495,19 @@ class Fitter:
             z = self._zeros = (jnp.zeros((self.nt, self.nt)), jnp.ones(self.nt))
         return z
 
-    def _step_first(self, theta, data, weights, pairs, pri, alphas, damp, own, pairs_new,
-                    L, d, Ap_old):
-        """System, solution X and the log-probability at theta + alphas[0] X.  ``own``
-        false: solve with the factorization (L, d) and compute only the gradient; else
-        ``pairs_new`` false: take the pair blocks Ap_old instead of computing them."""
-        A, Ap, g, lnp0 = self._system_parts(theta, data, weights, pairs, pri,
-                                            (own, pairs_new))
-        Ap = jnp.where(pairs_new, Ap, Ap_old)
-        A = A + Ap
-        L, d, X = jax.lax.cond(own, lambda: factor_solve(A, g, damp),
-                               lambda: (L, d, solve_factored(L, d, g)))
+    def _step_first(self, theta, data, weights, pairs, pri, alphas, damp, reuse, L, d):
+        """System (only the gradient if ``reuse``: then L, d are the factorization to solve
+        with), solution X and the log-probability at theta + alphas[0] X."""
+        A, g, lnp0 = self._system(theta, data, weights, pairs, pri, want_A=~reuse)
+        L, d, X = jax.lax.cond(reuse, lambda: (L, d, solve_factored(L, d, g)),
+                               lambda: factor_solve(A, g, damp))
         T = jnp.asarray(self.T)
         lnp1 = self.log_prob(theta.at[T].add(alphas[0] * X), data, weights, pri)
         improved = lnp1 > lnp0
         alpha = jnp.where(improved, alphas[0], 0.0)
         theta_new = theta.at[T].add(alpha * X)
         size = jnp.max(jnp.abs(X) * d, initial=0.0)
-        return (theta_new, jnp.where(improved, lnp1 - lnp0, 0.0), X, alpha, lnp0, A, Ap, L, d,
+        return (theta_new, jnp.where(improved, lnp1 - lnp0, 0.0), X, alpha, lnp0, A, L, d,
                 jnp.all(jnp.isfinite(L)), size)
 
     def _lm(self, theta, data, weights, pairs, pri, damp, steps, tol):
