@@ -115,8 +115,11 @@ FULL_AREA_FRACTION = 0.25
 #: interpolation would save little there and add plans to compile)
 LATTICE_MIN_PIXELS = 128 * 128
 #: a render unit keeps its last stamp size and step while the values of its image and
-#: sources are within these tolerances of the ones it was sized for (numpy.allclose)
-SIZING_RTOL, SIZING_ATOL = 1e-3, 1e-4
+#: sources are within these tolerances of the ones it was sized for (numpy.allclose).
+#: (The absolute one matters for values near 0, e.g. ellipticity components: 1e-3 there
+#: changes an axis ratio by ~0.2% and a stamp radius by less; at 1e-4 the benchmark
+#: field's fit re-sized every unit in its 4th step for shape changes of 2-6e-4.)
+SIZING_RTOL, SIZING_ATOL = 1e-3, 1e-3
 #: a render unit's coarse-grid step only grows when the coarser step's estimated
 #: interpolation chi^2 is below this fraction of psf.INTERP_CHI2 (it shrinks as soon as
 #: the current step's estimate exceeds INTERP_CHI2)
