@@ -525,7 +525,13 @@ class ParamList(NamedParams):
         return self.vals[i]
 
     def _setThing(self, i, v):
-        self.vals[i] = _check_finite(v, self.getNamedParamName(i), self)
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            f = math.nan
+        if not math.isfinite(f):  # (the name only for the error: this runs every step)
+            f = _check_finite(v, self.getNamedParamName(i), self)
+        self.vals[i] = f
 
     def getParams(self):
         return [v for v, t in zip(self.vals, self._thawed) if t]
@@ -682,12 +688,20 @@ class MultiParams(NamedParams):
         n_total = self.numberOfAllParams()
         if len(p) != n_total:
             raise ValueError(f"{getClassName(self)} has {n_total} parameters, got {len(p)} values")
-        i = 0
+        self._set_all_from(p, 0)
+
+    def _set_all_from(self, p, i):
+        """Set all parameters from p[i:] (its length checked by the caller); returns the
+        index after the last one used (one pass: no sub-tree sizes recounted per level)."""
         for s in self.subs:
             if s is not None:
-                n = s.numberOfAllParams()
-                s.setAllParams(p[i : i + n])
-                i += n
+                if type(s).setAllParams is MultiParams.setAllParams:  # (not overridden)
+                    i = s._set_all_from(p, i)
+                else:
+                    n = s.numberOfAllParams()
+                    s.setAllParams(p[i : i + n])
+                    i += n
+        return i
 
     def _names(self, thawed_only):
         out = []
