@@ -249,16 +249,8 @@ class Tractor(MultiParams):
         fitter = get_fitter(comp, thawed)
         origins = jax_to_numpy(comp.origins(theta))
         self._check_on_images(comp.plan, origins, fitter.source_free)
-        # (a fit's small steps rarely move a stamp origin: the same pairs)
-        key = (comp.plan, fitter.source_free.tobytes(),
-               tuple(o[k].tobytes() for per in origins for o in per for k in (0, 1)))
-        last = self.__dict__.get("_pairs_last")
-        if last is not None and last[0] == key:
-            pairs = last[1]
-        else:
-            pairs = build_pairs(comp.plan, origins, fitter.source_free,
-                                self.__dict__.setdefault("_pair_memo", {}))
-            self.__dict__["_pairs_last"] = (key, pairs)
+        pairs = build_pairs(comp.plan, origins, fitter.source_free,
+                            self.__dict__.setdefault("_pair_memo", {}))
         pri = fitter.prior_arrays(priors, thawed)
         return fitter, theta, pairs, pri
 

@@ -80,8 +80,15 @@ def build_pairs(plan, origins, source_free, memo=None):
     bool (n_src,) whether a source has any thawed parameter.  Returns, per
     image group, a tuple over units (u1 <= u2) of (p1, p2, valid) arrays of shape
     (n_images_in_group, P), padded to a common length P (``_bucket``).  ``memo``: a dict
-    kept by the caller across calls, for the PAIR_SHRINK rule (None: no memory).
+    kept by the caller across calls, for the PAIR_SHRINK rule and to return the last lists
+    again when no stamp origin moved (a fit's small steps); None: no memory.
     """
+    if memo is not None:
+        same = (plan, source_free.tobytes(),
+                tuple(o[k].tobytes() for per in origins for o in per for k in (0, 1)))
+        last = memo.get("last")
+        if last is not None and last[0] == same:
+            return last[1]
     out = []
     U = len(plan.units)
     m = PAIR_MARGIN
@@ -128,7 +135,10 @@ def build_pairs(plan, origins, source_free, memo=None):
                     valid[k, : len(a)] = 1.0
                 per.append((p1, p2, valid))
         out.append(tuple(per))
-    return tuple(out)
+    out = tuple(out)
+    if memo is not None:
+        memo["last"] = (same, out)
+    return out
 
 
 _FITTERS: dict = {}

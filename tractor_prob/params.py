@@ -59,13 +59,17 @@ class Spec(NamedTuple):
 
 
 def _check_finite(value, name, owner):
+    """float(value), or an error naming the parameter (``name``: a string, or a function of
+    no arguments that returns it, called only for the error)."""
     try:
         v = float(value)
     except (TypeError, ValueError):
+        name = name() if callable(name) else name
         raise TypeError(
             f"parameter {name!r} of {getClassName(owner)} must be a number, got {value!r}"
         ) from None
     if not math.isfinite(v):
+        name = name() if callable(name) else name
         raise ValueError(f"parameter {name!r} of {getClassName(owner)} is not finite: {v}")
     return v
 
@@ -525,13 +529,8 @@ class ParamList(NamedParams):
         return self.vals[i]
 
     def _setThing(self, i, v):
-        try:
-            f = float(v)
-        except (TypeError, ValueError):
-            f = math.nan
-        if not math.isfinite(f):  # (the name only for the error: this runs every step)
-            f = _check_finite(v, self.getNamedParamName(i), self)
-        self.vals[i] = f
+        # (the name only for an error: this runs for every value of every fit step)
+        self.vals[i] = _check_finite(v, lambda: self.getNamedParamName(i), self)
 
     def getParams(self):
         return [v for v, t in zip(self.vals, self._thawed) if t]

@@ -34,6 +34,16 @@ def _cov_terms(covs):
     return 0.5 * (a + c) + np.sqrt((0.5 * (a - c)) ** 2 + b * b), a * c - b * b
 
 
+def component_tails(amps, covs, flux, noise):
+    """(c, lam) of Gaussian components of ``amps`` x ``flux`` counts and covariances ``covs``
+    (..., K, 2, 2) (pixels) in pixel ``noise``: component k beyond radius r from its centre
+    holds at most chi^2 = c_k exp(-r^2 / lam_k) (lam_k its largest eigenvalue), c_k =
+    p_k^2 pi sqrt(det C_k) for its peak p_k in units of the noise."""
+    lam, det = _cov_terms(np.asarray(covs, float))
+    peak = np.abs(np.asarray(amps, float)) * abs(flux) / (2 * np.pi * np.sqrt(det) * noise)
+    return peak**2 * np.pi * np.sqrt(det), lam
+
+
 def mog_radius(amps, means, covs, flux=None, noise=None) -> float:
     """Stamp radius (pixels) of a MoG profile of total ``flux`` (counts) in pixel ``noise``.
 
@@ -65,8 +75,7 @@ def mog_radii(amps, means, covs, flux=None, noise=None, rcap=None, chi2=STAMP_CH
     rms = np.sqrt(np.sum(amps * lam, axis=-1) / np.maximum(np.sum(amps, axis=-1), 1e-300))
     rmin = STAMP_NSIGMA_MIN * rms + off_max
     rmax = STAMP_NSIGMA_MAX * smax + off_max
-    peak = amps * abs(flux) / (2 * np.pi * np.sqrt(det) * noise)
-    c = peak**2 * np.pi * np.sqrt(det)
+    c, _ = component_tails(amps, covs, flux, noise)
 
     def above(i):  # chi^2 beyond r = 0.25 i (n, ...) exceeds ``chi2`` (non-increasing in i)
         e = (slice(None),) + (None,) * (i.ndim - 1)  # per-profile arrays against i's axes

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .params import Spec
-from .psf import INTERP_CHI2, STAMP_CHI2, _cov_terms, mog_radii, mog_step
+from .psf import INTERP_CHI2, STAMP_CHI2, component_tails, mog_radii, mog_step
 from .render import mog
 
 __all__ = ["Plan", "Compiled", "compile_tractor", "get_compiled", "ImageContext"]
@@ -187,8 +187,7 @@ def _unit_window(amps, covs, counts, noise, stamp, old=None):
     Sy, Sx = stamp
     if K <= 2 or not noise > 0:
         return None
-    lam, det = _cov_terms(covs)
-    c = (np.abs(amps) * counts / (2 * np.pi * noise)) ** 2 * np.pi / np.sqrt(det)
+    c, lam = component_tails(amps, covs, counts, noise)
     # r[m - 1, k]: radius beyond which component k holds WINDOW_CHI2 / m (max over sources)
     m = np.arange(1, K)[:, None, None]
     r = np.sqrt(lam * np.log(np.maximum(c * m / WINDOW_CHI2, 1.0))).max(axis=1)
